@@ -1,0 +1,172 @@
+"""Pure codecs for the Kafka `prices`, `alerts` and `dlq` topics.
+
+Tick message format (other tools produce to `prices` in this format)::
+
+    key   = b"BTCUSDT"
+    value = {"symbol": "BTCUSDT", "price": 58185.9, "ts": 1722816059999,
+             "open": 58144.5, "high": 58190.5, "low": 58097.3,
+             "base_volume": 381.2, "quote_volume": 22167798.2, "source": "ws"}
+
+`symbol` may be omitted when the key carries it; `ts` (epoch ms) and `price` are required.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from mw_core.models import Anomaly, DeadLetter, Tick, ms_to_dt
+
+SYMBOL_MAX_LEN = 20
+# Plausible event-time range: Binance launched in 2017; anything before is a unit or clock bug.
+MIN_TS_MS = 1_483_228_800_000  # 2017-01-01
+MAX_FUTURE_MS = 24 * 3600 * 1000  # at most one day ahead of the wall clock
+
+
+class BadMessage(ValueError):
+    """A message that cannot become a `Tick`; `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def valid_symbol(symbol: object) -> bool:
+    return (
+        isinstance(symbol, str)
+        and 2 <= len(symbol) <= SYMBOL_MAX_LEN
+        and symbol.isascii()
+        and symbol.isalnum()
+        and symbol.upper() == symbol
+    )
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def validate_tick(tick: Tick, *, now_ms: int, max_price: float = 1e9) -> Tick:
+    """Reject absurd ticks (non-positive/NaN/huge price, implausible time, bad symbol)."""
+    if not valid_symbol(tick.symbol):
+        raise BadMessage("bad_symbol", repr(tick.symbol)[:64])
+    price = tick.price
+    if not math.isfinite(price):
+        raise BadMessage("bad_price", f"non-finite price {price!r}")
+    if price <= 0:
+        raise BadMessage("bad_price", f"non-positive price {price!r}")
+    if price > max_price:
+        raise BadMessage("bad_price", f"absurd price {price!r} > {max_price:g}")
+    if tick.ts < MIN_TS_MS:
+        raise BadMessage("bad_ts", f"timestamp {tick.ts} before 2017")
+    if tick.ts > now_ms + MAX_FUTURE_MS:
+        raise BadMessage("bad_ts", f"timestamp {tick.ts} more than a day in the future")
+    return tick
+
+
+def decode_tick(key: bytes | None, value: bytes | None, *, now_ms: int, max_price: float = 1e9) -> Tick:
+    """Decode and validate one `prices` record. Raises `BadMessage` with a reason."""
+    if value is None:
+        raise BadMessage("empty", "null value")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage("malformed_json", str(exc)[:120]) from None
+    if not isinstance(obj, dict):
+        raise BadMessage("not_an_object", type(obj).__name__)
+    symbol = obj.get("symbol")
+    if symbol is None and key:
+        try:
+            symbol = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMessage("bad_symbol", "key is not utf-8") from None
+    if symbol is None:
+        raise BadMessage("missing_field", "symbol")
+    if "price" not in obj:
+        raise BadMessage("missing_field", "price")
+    if "ts" not in obj:
+        raise BadMessage("missing_field", "ts")
+    raw_price, raw_ts = obj["price"], obj["ts"]
+    if isinstance(raw_price, bool) or not isinstance(raw_price, int | float | str):
+        raise BadMessage("bad_price", f"price of type {type(raw_price).__name__}")
+    try:
+        price = float(raw_price)
+    except ValueError:
+        raise BadMessage("bad_price", repr(raw_price)[:64]) from None
+    if isinstance(raw_ts, bool) or not isinstance(raw_ts, int | float):
+        raise BadMessage("bad_ts", f"ts of type {type(raw_ts).__name__}")
+    if not math.isfinite(raw_ts):
+        raise BadMessage("bad_ts", "non-finite ts")
+    source = obj.get("source", "external")
+    tick = Tick(
+        symbol=symbol,
+        ts=int(raw_ts),
+        price=price,
+        open=_opt_float(obj.get("open")),
+        high=_opt_float(obj.get("high")),
+        low=_opt_float(obj.get("low")),
+        base_volume=_opt_float(obj.get("base_volume")),
+        quote_volume=_opt_float(obj.get("quote_volume")),
+        source=source if isinstance(source, str) and len(source) <= 32 else "external",
+    )
+    return validate_tick(tick, now_ms=now_ms, max_price=max_price)
+
+
+def encode_tick(tick: Tick) -> tuple[bytes, bytes]:
+    """(key, value) for the `prices` topic."""
+    body: dict[str, Any] = {"symbol": tick.symbol, "price": tick.price, "ts": tick.ts, "source": tick.source}
+    for name in ("open", "high", "low", "base_volume", "quote_volume"):
+        value = getattr(tick, name)
+        if value is not None:
+            body[name] = value
+    return tick.symbol.encode(), orjson.dumps(body)
+
+
+def template_summary(a: Anomaly) -> str:
+    """Deterministic one-line summary of an anomaly (used when no LLM is configured)."""
+    window = f"{a.window_s // 60} min" if a.window_s % 60 == 0 else f"{a.window_s} s"
+    move = "rose" if a.direction == "up" else "fell"
+    vol = f", volatility {a.volatility * 100:.2f}%" if a.volatility is not None else ""
+    return (
+        f"[template] {a.symbol} {move} {abs(a.ret) * 100:.2f}% in {window} to {a.price:g} "
+        f"at {ms_to_dt(a.ts).strftime('%Y-%m-%d %H:%M:%S')} UTC "
+        f"(threshold {a.threshold * 100:.2f}%{vol})."
+    )
+
+
+def encode_alert(a: Anomaly, *, summary: str | None = None, **extra: Any) -> tuple[bytes, bytes]:
+    """(key, value) for the `alerts` topic."""
+    body: dict[str, Any] = {
+        "symbol": a.symbol,
+        "ts": a.ts,
+        "time": ms_to_dt(a.ts).isoformat(),
+        "window_s": a.window_s,
+        "return": a.ret,
+        "direction": a.direction,
+        "price": a.price,
+        "threshold": a.threshold,
+        "volatility": a.volatility,
+        "summary": summary if summary is not None else template_summary(a),
+    }
+    body.update(extra)
+    return a.symbol.encode(), orjson.dumps(body)
+
+
+def encode_dead_letter(dl: DeadLetter) -> bytes:
+    """Value for the `dlq` topic. The raw payload is kept as text (lossy for binary)."""
+    return orjson.dumps(
+        {
+            "reason": dl.reason,
+            "source": dl.source,
+            "detail": dl.detail,
+            "raw": dl.raw[:4096].decode("utf-8", errors="replace"),
+        }
+    )

@@ -1,0 +1,263 @@
+"""Market Watch configuration: one frozen pydantic-settings class.
+
+Contract:
+- Every setting is read from the environment with the prefix ``MW_`` (or an optional ``.env``
+  file in the working directory) exactly once, at an entry point (`load_settings`), and the
+  resulting `Settings` object is passed down. Library code never reads the environment.
+- List settings (symbols, feeds, topics) accept a comma-separated string.
+- Secrets are `SecretStr`; `Settings.safe_dict()` is the only view used for logs / status.
+- Invalid values fail at start-up with `ConfigError`, whose message names the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "MW_"
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+
+DEFAULT_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
+DEFAULT_FEEDS = [
+    "https://www.coindesk.com/arc/outboundfeeds/rss/",
+    "https://cointelegraph.com/rss",
+    "https://decrypt.co/feed",
+]
+
+
+class ConfigError(ValueError):
+    """Raised when the configuration is invalid; the message names the offending variable."""
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _parse_thresholds(value: Any) -> Any:
+    """Parse ``"60:0.02,300:0.04"`` into ``{60: 0.02, 300: 0.04}``."""
+    if isinstance(value, str):
+        out: dict[int, float] = {}
+        for part in _split_csv(value):
+            window, _, threshold = part.partition(":")
+            out[int(window)] = float(threshold)
+        return out
+    return value
+
+
+def _parse_symbol_thresholds(value: Any) -> Any:
+    """Parse ``"SOLUSDT:60:0.03,SOLUSDT:300:0.06"`` into ``{"SOLUSDT": {60: 0.03, 300: 0.06}}``."""
+    if isinstance(value, str):
+        out: dict[str, dict[int, float]] = {}
+        for part in _split_csv(value):
+            symbol, window, threshold = part.split(":")
+            out.setdefault(symbol.strip().upper(), {})[int(window)] = float(threshold)
+        return out
+    return value
+
+
+class Settings(BaseSettings):
+    """All Market Watch settings. Environment variable = ``MW_`` + field name, upper case."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- infrastructure -------------------------------------------------------------------
+    state_dir: Path = Field(Path(".mw"), description="Directory for embedded servers' data, logs, pid files.")
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL DSN. Unset: start the embedded PostgreSQL server."
+    )
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers. Unset: start the embedded Tansu broker (memory-only)."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="Kafka SASL mechanism (when a SASL protocol is used)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="Kafka SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password.")
+    host: str = Field("127.0.0.1", description="Address every local server binds to.")
+
+    # --- topics -----------------------------------------------------------------------------
+    topic_prices: str = Field("prices", description="Kafka topic for ticks.")
+    topic_news: str = Field("news", description="Kafka topic for headlines.")
+    topic_alerts: str = Field("alerts", description="Kafka topic for anomaly alerts.")
+    topic_dlq: str = Field("dlq", description="Kafka dead-letter topic.")
+    prices_partitions: int = Field(6, ge=1, le=1024, description="Partitions of the prices topic.")
+    consumer_group: str = Field("mw-processor", description="Processor consumer group.")
+
+    # --- Binance ------------------------------------------------------------------------------
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_SYMBOLS), description="Symbols to watch (CSV)."
+    )
+    binance_ws_url: str = Field("wss://stream.binance.com:9443", description="Binance websocket base URL.")
+    binance_rest_url: str = Field("https://api.binance.com", description="Binance REST base URL.")
+    ws_rollover_s: float = Field(
+        23 * 3600.0, gt=0, description="Open a new websocket connection after this long (Binance cuts at 24 h)."
+    )
+    ws_silence_timeout_s: float = Field(
+        30.0, gt=0, description="Reconnect when no frame arrived for this long (half-open connections)."
+    )
+    reconnect_max_backoff_s: float = Field(60.0, gt=0, description="Cap of the reconnect backoff.")
+    ingest_buffer_size: int = Field(10_000, ge=1, description="Bounded buffer between socket and producer.")
+
+    # --- windows and anomaly detection --------------------------------------------------------
+    windows_s: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [60, 300, 900], description="Window lengths in seconds (CSV)."
+    )
+    thresholds: Annotated[dict[int, float], NoDecode] = Field(
+        default_factory=lambda: {60: 0.02, 300: 0.03, 900: 0.05},
+        description="Return thresholds per window, e.g. `60:0.02,300:0.03,900:0.05`.",
+    )
+    symbol_thresholds: Annotated[dict[str, dict[int, float]], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-symbol overrides, e.g. `SOLUSDT:60:0.03,SOLUSDT:300:0.05`.",
+    )
+    cooldown_s: int = Field(60, ge=0, description="At most one alert per symbol per cooldown (event time).")
+    max_out_of_order_s: int = Field(
+        5, ge=0, description="Ticks older than the symbol's newest by more than this go to the DLQ."
+    )
+    max_price: float = Field(1e9, gt=0, description="Prices above this are rejected as absurd.")
+
+    # --- processor ----------------------------------------------------------------------------
+    batch_max_records: int = Field(20_000, ge=1, description="Max records per processor batch.")
+    batch_timeout_ms: int = Field(200, ge=1, description="Max wait to fill a processor batch.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus + /healthz port (0 = free port).")
+
+    # --- news and LLM -------------------------------------------------------------------------
+    rss_feeds: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_FEEDS), description="RSS/Atom feed URLs (CSV)."
+    )
+    llm_provider: Literal["openai", "gemini", "ollama", "template"] = Field(
+        "openai", description="LLM provider (OpenAI-compatible API)."
+    )
+    llm_model: str = Field("gpt-4o-mini", description="LLM model name.")
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible base URL (provider default if unset).")
+    llm_api_key: SecretStr | None = Field(None, description="LLM API key. Unset: template summaries.")
+    llm_timeout_s: float = Field(20.0, gt=0, description="Per-request LLM timeout.")
+    llm_max_calls_per_run: int = Field(50, ge=0, description="Cap on LLM calls per enrichment run.")
+    llm_max_tokens_per_run: int = Field(50_000, ge=0, description="Cap on LLM tokens per enrichment run.")
+
+    # --- logging ------------------------------------------------------------------------------
+    log_format: Literal["console", "json"] = Field("console", description="Log format.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _symbols_csv(cls, value: Any) -> Any:
+        value = _split_csv(value)
+        if isinstance(value, list):
+            value = [str(v).strip().upper() for v in value]
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols_valid(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one symbol is required")
+        bad = [s for s in value if not SYMBOL_RE.match(s)]
+        if bad:
+            raise ValueError(f"invalid symbol(s): {bad}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("rss_feeds", "windows_s", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("windows_s")
+    @classmethod
+    def _windows_valid(cls, value: list[int]) -> list[int]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("window lengths must be positive seconds")
+        return sorted(set(value))
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds_csv(cls, value: Any) -> Any:
+        return _parse_thresholds(value)
+
+    @field_validator("symbol_thresholds", mode="before")
+    @classmethod
+    def _symbol_thresholds_csv(cls, value: Any) -> Any:
+        return _parse_symbol_thresholds(value)
+
+    @model_validator(mode="after")
+    def _thresholds_cover_windows(self) -> Settings:
+        missing = [w for w in self.windows_s if w not in self.thresholds]
+        if missing:
+            raise ValueError(f"thresholds: no threshold for window(s) {missing}")
+        for mapping in [self.thresholds, *self.symbol_thresholds.values()]:
+            if any(not (0 < t < 10) for t in mapping.values()):
+                raise ValueError("thresholds: each threshold must be a fraction in (0, 10)")
+        return self
+
+    # --- derived views ------------------------------------------------------------------------
+    def threshold_for(self, symbol: str, window_s: int) -> float:
+        """The return threshold for `symbol` over `window_s`, honouring per-symbol overrides."""
+        return self.symbol_thresholds.get(symbol, {}).get(window_s, self.thresholds[window_s])
+
+    def threshold_table(self) -> dict[str, dict[int, float]]:
+        """Per-symbol override table (symbols without overrides use `thresholds`)."""
+        return {s: dict(m) for s, m in self.symbol_thresholds.items()}
+
+    @property
+    def llm_enabled(self) -> bool:
+        return self.llm_provider != "template" and (
+            self.llm_api_key is not None or self.llm_provider == "ollama"
+        )
+
+    def safe_dict(self) -> dict[str, Any]:
+        """Settings for logs and status output: secrets masked, passwords removed from URLs."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "database_url":
+                out[name] = redact_url(value.get_secret_value()) if value else None
+            elif isinstance(value, SecretStr):
+                out[name] = "**********"
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Remove the password from a URL such as ``postgresql://user:pw@host/db``."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build `Settings` from the environment (+ overrides), turning errors into `ConfigError`.
+
+    The error message names the environment variable, e.g. ``MW_SYMBOLS: invalid symbol(s)``.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = err.get("loc") or ("settings",)
+            field = str(loc[0])
+            var = f"{ENV_PREFIX}{field.upper()}" if field in Settings.model_fields else field
+            lines.append(f"{var}: {err.get('msg')}")
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
+    except (ValueError, TypeError) as exc:
+        # pydantic-settings raises SettingsError (a ValueError) when a complex value fails to parse.
+        msg = str(exc)
+        match = re.search(r'field "(\w+)"', msg)
+        var = f"{ENV_PREFIX}{match.group(1).upper()}" if match else "settings"
+        raise ConfigError(f"invalid configuration: {var}: {msg}") from None

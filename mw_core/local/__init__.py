@@ -1,0 +1,1 @@
+"""Embedded local infrastructure: PostgreSQL server and Kafka-protocol broker, no Docker needed."""

