@@ -250,10 +250,14 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = err.get("loc") or ("settings",)
-            field = str(loc[0])
+            loc = err.get("loc") or ()
+            msg = str(err.get("msg"))
+            field = str(loc[0]) if loc else ""
+            if not field:  # model-level validator: the message starts with "<field>: ..."
+                match = re.search(r"(?:Value error, )?(\w+):", msg)
+                field = match.group(1) if match else "settings"
             var = f"{ENV_PREFIX}{field.upper()}" if field in Settings.model_fields else field
-            lines.append(f"{var}: {err.get('msg')}")
+            lines.append(f"{var}: {msg}")
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
     except (ValueError, TypeError) as exc:
         # pydantic-settings raises SettingsError (a ValueError) when a complex value fails to parse.

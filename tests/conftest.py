@@ -17,12 +17,21 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from mw_core.config import Settings, load_settings
 from mw_core.local.broker import EmbeddedBroker
 from mw_core.local.postgres import EmbeddedPostgres
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# CI machines are small and shared with servers under test: no per-example deadline, no
+# "too slow" health check; the example count stays at Hypothesis' default.
+hypothesis_settings.register_profile(
+    "mw", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mw"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# Market Watch production image: one image for every service (ingest, processor, Dagster webserver
+# and daemon, init job); the service's `command` picks the role. Runs as a non-root user.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY mw_core ./mw_core
+COPY mw_dagster ./mw_dagster
+COPY sensors ./sensors
+RUN /opt/venv/bin/pip install --upgrade pip \
+    && /opt/venv/bin/pip install .
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="market-watch" \
+      org.opencontainers.image.description="Real-time crypto market watch: Binance -> Kafka -> processor -> PostgreSQL, orchestrated by Dagster"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    DAGSTER_HOME=/opt/dagster/home \
+    MW_STATE_DIR=/var/lib/mw \
+    MW_HOST=0.0.0.0 \
+    MW_METRICS_PORT=9100 \
+    MW_LOG_FORMAT=json
+RUN groupadd --system --gid 10001 mw \
+    && useradd --system --uid 10001 --gid mw --home-dir /home/mw --create-home --shell /usr/sbin/nologin mw
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# workspace.yaml loads the one code location (mw_dagster.definitions); dagster.yaml keeps runs,
+# events and schedules in PostgreSQL (env DAGSTER_PG_URL), shared by webserver and daemon.
+COPY workspace.yaml dagster.yaml ./
+RUN mkdir -p "$DAGSTER_HOME" /var/lib/mw \
+    && cp /app/dagster.yaml "$DAGSTER_HOME/dagster.yaml" \
+    && chown -R mw:mw "$DAGSTER_HOME" /var/lib/mw
+USER mw
+EXPOSE 3000 9100
+CMD ["mw"]

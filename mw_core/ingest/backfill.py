@@ -1,0 +1,202 @@
+"""REST backfill of the gap a websocket reconnect left, from Binance 1-minute klines.
+
+Contract:
+- `Backfiller.fill(symbol, after_ms=..., before_ms=...)` returns the ticks of the 1m klines whose
+  close time lies strictly between the newest event time seen before the reconnect (`after_ms`)
+  and the first event time seen after it (`before_ms`), oldest first, ``source="rest_backfill"``,
+  ``ts`` = kline close time, ``price`` = close.
+- Why the upper bound is the first ``E`` on the new connection and not the wall clock: event times
+  are exchange time. During a replay (`mw replay`) exchange time is 2024 while the wall clock is
+  today, and even live the first new frame is exactly where the websocket resumed; everything
+  after it arrives on the socket. Bounding by it makes backfill and stream meet without overlap.
+- HTTP: ``GET {rest_url}/api/v3/klines?symbol=&interval=1m&startTime=&endTime=&limit=``, paged
+  by ``limit`` up to ``max_pages`` pages (a longer gap is truncated and logged). 429 / 418 wait
+  for ``Retry-After`` (giving up when Binance asks for longer than ``max_retry_after_s``); 5xx and
+  transport errors are retried with exponential jittered backoff (tenacity), ``max_attempts``
+  per page; other 4xx fail at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from mw_core.ingest.frames import parse_klines
+from mw_core.models import Tick
+
+log = logging.getLogger(__name__)
+
+MINUTE_MS = 60_000
+
+
+class BackfillError(RuntimeError):
+    """The gap could not be filled (non-retryable answer, attempts exhausted, ban too long)."""
+
+
+class RetryableHTTPError(Exception):
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (Binance sends an integer); None when absent or unparsable."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return max(0.0, seconds)
+
+
+class Backfiller:
+    """Fetch 1m klines over REST to fill websocket gaps.
+
+    Args:
+        rest_url: Base URL, e.g. ``https://api.binance.com``.
+        client: An `httpx.AsyncClient` to use (owned by the caller); one is created otherwise.
+        page_limit: Klines per request (Binance max 1000).
+        max_pages: Cap on requests per gap.
+        max_attempts: Attempts per request.
+        max_retry_after_s: Longest ``Retry-After`` honoured; longer -> `BackfillError`.
+        backoff_initial_s / backoff_max_s: Exponential jittered backoff for 5xx / transport errors.
+        timeout_s: Per-request timeout.
+        max_price: Prices above this are rejected.
+    """
+
+    def __init__(
+        self,
+        rest_url: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        page_limit: int = 1000,
+        max_pages: int = 10,
+        max_attempts: int = 6,
+        max_retry_after_s: float = 120.0,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        timeout_s: float = 10.0,
+        max_price: float = 1e9,
+    ) -> None:
+        self.rest_url = rest_url.rstrip("/")
+        self._own_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=timeout_s)
+        self.page_limit = page_limit
+        self.max_pages = max_pages
+        self.max_attempts = max_attempts
+        self.max_retry_after_s = max_retry_after_s
+        self.max_price = max_price
+        self._backoff = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s)
+        self.requests = 0
+        self.retries = 0
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Backfiller:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, RetryableHTTPError) and exc.retry_after_s is not None:
+            return exc.retry_after_s
+        return float(self._backoff(state))
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self.retries += 1
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("backfill request failed (%s); retry %d in %.1fs", exc, state.attempt_number, wait)
+
+    async def _get_page(self, params: dict[str, Any]) -> Any:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((RetryableHTTPError, httpx.TransportError)),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._request(params)
+        except (RetryableHTTPError, httpx.TransportError) as exc:
+            raise BackfillError(
+                f"klines {params['symbol']}: giving up after {self.max_attempts} attempts: {exc}"
+            ) from exc
+        raise BackfillError("unreachable")  # pragma: no cover - AsyncRetrying always returns or raises
+
+    async def _request(self, params: dict[str, Any]) -> Any:
+        self.requests += 1
+        resp = await self._client.get(f"{self.rest_url}/api/v3/klines", params=params)
+        status = resp.status_code
+        if status in (418, 429):
+            retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+            if retry_after is not None and retry_after > self.max_retry_after_s:
+                raise BackfillError(
+                    f"klines {params['symbol']}: HTTP {status}, Retry-After {retry_after:g}s exceeds "
+                    f"{self.max_retry_after_s:g}s; not hammering a rate-limited API"
+                )
+            raise RetryableHTTPError(status, "rate limited", retry_after if retry_after is not None else 1.0)
+        if status >= 500:
+            raise RetryableHTTPError(status, resp.text[:120])
+        if status >= 400:
+            raise BackfillError(f"klines {params['symbol']}: HTTP {status}: {resp.text[:200]}")
+        return resp.content
+
+    async def fill(self, symbol: str, *, after_ms: int, before_ms: int) -> list[Tick]:
+        """Ticks for the klines closing strictly between `after_ms` and `before_ms` (see module doc).
+
+        Raises:
+            BackfillError: A page could not be fetched.
+            BadMessage: Binance answered with a malformed page.
+        """
+        out: list[Tick] = []
+        start = after_ms + 1
+        end = before_ms - 1
+        pages = 0
+        while start <= end:
+            if pages >= self.max_pages:
+                log.warning(
+                    "backfill %s truncated at %d pages (%d klines); gap continues until %d",
+                    symbol,
+                    pages,
+                    len(out),
+                    before_ms,
+                )
+                break
+            params = {
+                "symbol": symbol,
+                "interval": "1m",
+                "startTime": start,
+                "endTime": end,
+                "limit": self.page_limit,
+            }
+            raw = await self._get_page(params)
+            pages += 1
+            ticks = parse_klines(raw, symbol=symbol, now_ms=int(time.time() * 1000), max_price=self.max_price)
+            out.extend(t for t in ticks if after_ms < t.ts < before_ms)
+            if len(ticks) < self.page_limit:
+                break
+            # The next kline opens 1 ms after the last one closed.
+            start = ticks[-1].ts + 1
+        return out
+
+
+__all__ = ["BackfillError", "Backfiller", "retry_after_seconds"]

@@ -1,0 +1,424 @@
+"""The streaming processor: `prices` topic -> windows + anomaly detection -> PostgreSQL -> alerts.
+
+Contract (at-least-once with idempotent writes):
+1. Fetch a batch from the consumer group (`settings.consumer_group`, manual commits).
+2. Decode + validate each record; bad ones become dead letters (reason, raw payload).
+3. Symbols seen for the first time (start-up, rebalance) are rehydrated from PostgreSQL: the ticks
+   of the last `max(windows_s)` seconds before the batch's first tick, and the cooldown state from
+   `anomalies`. One query for all cold symbols of the batch.
+4. Per tick: O(1) amortized window update + detector check (the same pure code as the Dagster batch
+   path, `mw_core.anomaly`).
+5. Ticks, the latest metrics per symbol and the anomalies go to PostgreSQL in ONE transaction
+   (bulk `unnest`). While PostgreSQL is down the write is retried with backoff and offsets are not
+   committed; `/healthz` reports `degraded`.
+6. Dead letters go to `dlq`; alerts for anomalies whose `published_at` is NULL (the outbox) go to
+   `alerts` and are then marked published.
+7. Only then are the batch's offsets committed. A crash anywhere replays at most the uncommitted
+   batch; `ON CONFLICT` keys absorb the replay, and rehydration rebuilds identical window state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter, Gauge, Histogram
+
+from mw_core import bus, codec, db
+from mw_core.anomaly import AnomalyDetector
+from mw_core.config import Settings
+from mw_core.metrics import metric_rows
+from mw_core.models import Anomaly, DeadLetter, Tick
+from mw_core.windows import SymbolWindows
+
+log = logging.getLogger(__name__)
+
+TICKS_IN = Counter("mw_processor_ticks_in_total", "Records consumed from the prices topic")
+TICKS_STORED = Counter("mw_processor_ticks_stored_total", "Valid ticks written to PostgreSQL")
+DLQ = Counter("mw_processor_dlq_total", "Records sent to the dead-letter topic", ["reason"])
+ANOMALIES = Counter("mw_processor_anomalies_total", "Anomalies detected")
+ALERTS = Counter("mw_processor_alerts_published_total", "Alerts published")
+DB_WRITE = Histogram(
+    "mw_processor_batch_write_seconds",
+    "Latency of one batch write to PostgreSQL",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DB_FAILURES = Counter("mw_processor_db_write_failures_total", "Failed batch writes (retried)")
+LAG = Gauge("mw_processor_consumer_lag", "Records behind the high watermark", ["partition"])
+TICK_TO_ALERT = Histogram(
+    "mw_processor_tick_to_alert_seconds",
+    "From the tick's Kafka timestamp to its alert being published",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+@dataclass(slots=True)
+class _SymbolState:
+    windows: SymbolWindows
+    partition: int
+
+
+@dataclass
+class ProcessorStats:
+    consumed: int = 0
+    stored: int = 0
+    dead_letters: int = 0
+    anomalies: int = 0
+    alerts: int = 0
+    batches: int = 0
+    duplicates: int = 0
+    late_stored: int = 0
+    db_failures: int = 0
+    last_commit_at: float | None = None
+    degraded: str | None = None
+    alert_latencies_ms: list[float] = field(default_factory=list)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, proc: Processor) -> None:
+        self.proc = proc
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.proc._drop_partitions({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+
+class Processor:
+    """One member of the processor consumer group."""
+
+    def __init__(
+        self, settings: Settings, *, database_url: str | None = None, record_latencies: bool = False
+    ) -> None:
+        self.settings = settings
+        url = database_url or (settings.database_url.get_secret_value() if settings.database_url else None)
+        if url is None:
+            raise ValueError("MW_DATABASE_URL is not set and no embedded database was started")
+        self._db_url = url
+        self._threshold_for = settings.threshold_for
+        self.detector = AnomalyDetector(threshold_for=settings.threshold_for, cooldown_s=settings.cooldown_s)
+        self.state: dict[str, _SymbolState] = {}
+        self.stats = ProcessorStats()
+        self._record_latencies = record_latencies
+        self._stopping = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._max_window_s = max(settings.windows_s)
+        self._tolerance_ms = settings.max_out_of_order_s * 1000
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "status": "degraded" if s.degraded else "ok",
+            "component": "processor",
+            "degraded": s.degraded,
+            "consumed": s.consumed,
+            "stored": s.stored,
+            "dead_letters": s.dead_letters,
+            "anomalies": s.anomalies,
+            "alerts": s.alerts,
+            "symbols": len(self.state),
+            "last_commit_age_s": None
+            if s.last_commit_at is None
+            else round(time.time() - s.last_commit_at, 3),
+        }
+
+    async def start(self) -> None:
+        """Health-check dependencies (DB `SELECT 1`, Kafka metadata), create topics, connect."""
+        self._pool = await db.create_pool(self._db_url, min_size=1, max_size=4)
+        await db.ping(self._pool)
+        await db.apply_schema(self._pool)
+        await bus.ensure_topics(self.settings)
+        self._producer = bus.producer(self.settings, linger_ms=0)
+        await self._producer.start()
+        self._consumer = bus.consumer(self.settings, group_id=self.settings.consumer_group)
+        self._consumer.subscribe([self.settings.topic_prices], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info(
+            "processor started: group=%s topic=%s windows=%s cooldown=%ss",
+            self.settings.consumer_group,
+            self.settings.topic_prices,
+            self.settings.windows_s,
+            self.settings.cooldown_s,
+        )
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._consumer is not None:
+                await self._consumer.stop()
+        with contextlib.suppress(Exception):
+            if self._producer is not None:
+                await self._producer.stop()
+        if self._pool is not None:
+            await self._pool.close()
+        self._consumer = self._producer = self._pool = None
+
+    def stop(self) -> None:
+        """Ask the run loop to finish the current batch (write + commit) and return."""
+        self._stopping.set()
+
+    async def run(self, *, idle_exit_s: float | None = None) -> ProcessorStats:
+        """Process until `stop()`; with `idle_exit_s`, also return after that long without records."""
+        if self._consumer is None:
+            await self.start()
+        assert self._consumer is not None
+        idle_since = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(
+                    timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
+                )
+                if not batch:
+                    if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                        break
+                    continue
+                await self.process_batch(batch)
+                idle_since = time.monotonic()
+        finally:
+            await self.close()
+        return self.stats
+
+    # --- the batch ------------------------------------------------------------------------------
+    def _drop_partitions(self, partitions: set[int]) -> None:
+        """Forget window state of symbols whose partition moved away (rehydrated if it comes back)."""
+        gone = [s for s, st in self.state.items() if st.partition in partitions]
+        for symbol in gone:
+            del self.state[symbol]
+        if gone:
+            log.info(
+                "dropped window state of %d symbols (partitions %s revoked)", len(gone), sorted(partitions)
+            )
+
+    async def _hydrate(self, cold: dict[str, tuple[int, int]]) -> None:
+        """Rebuild windows + cooldown of symbols not yet in memory: symbol -> (first ts, partition)."""
+        assert self._pool is not None
+        before = {s: ts for s, (ts, _) in cold.items()}
+        history = await self._with_db_retry(
+            db.recent_prices, self._pool, before, lookback_s=self._max_window_s
+        )
+        cooldowns = await self._with_db_retry(db.last_anomaly_ts, self._pool, before)
+        for symbol, (_, partition) in cold.items():
+            windows = SymbolWindows(self.settings.windows_s)
+            windows.load(history.get(symbol, ()))
+            self.state[symbol] = _SymbolState(windows, partition)
+            if symbol in cooldowns:
+                self.detector.seed_cooldown(symbol, cooldowns[symbol])
+        if cold:
+            log.debug(
+                "rehydrated %d symbols (%d stored ticks)", len(cold), sum(len(v) for v in history.values())
+            )
+
+    async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        now_ms = int(time.time() * 1000)
+        max_price = self.settings.max_price
+        decoded: list[tuple[Tick, int, int]] = []  # tick, partition, kafka timestamp
+        dead: list[DeadLetter] = []
+        cold: dict[str, tuple[int, int]] = {}
+        state = self.state
+        for tp, records in batch.items():
+            for rec in records:
+                try:
+                    tick = codec.decode_tick(rec.key, rec.value, now_ms=now_ms, max_price=max_price)
+                except codec.BadMessage as exc:
+                    dead.append(
+                        DeadLetter(exc.reason, self.settings.topic_prices, rec.value or b"", exc.detail)
+                    )
+                    continue
+                decoded.append((tick, tp.partition, rec.timestamp))
+                if tick.symbol not in state and tick.symbol not in cold:
+                    cold[tick.symbol] = (tick.ts, tp.partition)
+        self.stats.consumed += sum(len(r) for r in batch.values())
+        TICKS_IN.inc(sum(len(r) for r in batch.values()))
+        if cold:
+            await self._hydrate(cold)
+
+        ticks: list[Tick] = []
+        anomalies: list[Anomaly] = []
+        anomaly_times: dict[tuple[str, int, int], int] = {}
+        last_stats: dict[str, tuple[int, Any]] = {}
+        check = self.detector.check
+        tolerance = self._tolerance_ms
+        for tick, partition, kafka_ts in decoded:
+            st = state[tick.symbol]
+            st.partition = partition
+            windows = st.windows
+            newest = windows.newest_ts
+            if newest is not None and tick.ts <= newest:
+                if tick.ts == newest:
+                    self.stats.duplicates += 1
+                    ticks.append(tick)  # idempotent insert; keeps a re-sent tick durable
+                    continue
+                if newest - tick.ts > tolerance and tick.source != "rest_backfill":
+                    dead.append(
+                        DeadLetter(
+                            "out_of_order",
+                            self.settings.topic_prices,
+                            codec.encode_tick(tick)[1],
+                            f"{tick.symbol} ts {tick.ts} is {(newest - tick.ts) / 1000:.1f}s older than {newest}",
+                        )
+                    )
+                    continue
+                # Late but tolerated (or a REST backfill of a gap): stored, not applied to windows.
+                self.stats.late_stored += 1
+                ticks.append(tick)
+                continue
+            stats = windows.update(tick.ts, tick.price)
+            ticks.append(tick)
+            last_stats[tick.symbol] = (tick.ts, stats)
+            anomaly = check(tick.symbol, tick.ts, tick.price, stats, windows=windows)
+            if anomaly is not None:
+                anomalies.append(anomaly)
+                anomaly_times[anomaly.key] = kafka_ts
+
+        metrics: list[db.MetricRow] = []
+        for symbol, (ts, stats) in last_stats.items():
+            metrics.extend(metric_rows(symbol, ts, stats))
+
+        await self._write(ticks, metrics, anomalies)
+        if dead:
+            await self._dead_letters(dead)
+        if anomalies or cold:
+            await self._publish_outbox(sorted({a.symbol for a in anomalies} | set(cold)), anomaly_times)
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        await self._commit(offsets)
+        self.stats.batches += 1
+        self.stats.stored += len(ticks)
+        self.stats.anomalies += len(anomalies)
+        TICKS_STORED.inc(len(ticks))
+        ANOMALIES.inc(len(anomalies))
+        assert self._consumer is not None
+        for tp in offsets:
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                LAG.labels(str(tp.partition)).set(max(0, hw - offsets[tp]))
+
+    # --- I/O with retries ------------------------------------------------------------------------
+    async def _with_db_retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a DB call, retrying with capped exponential backoff + jitter while PostgreSQL is down.
+
+        Offsets are not committed meanwhile, so nothing is lost; the health endpoint says why.
+        """
+        attempt = 0
+        while True:
+            try:
+                result = await fn(*args, **kwargs)
+            except (
+                OSError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError,
+                asyncpg.AdminShutdownError,
+                TimeoutError,
+            ) as exc:
+                attempt += 1
+                self.stats.db_failures += 1
+                DB_FAILURES.inc()
+                delay = random.uniform(0, min(5.0, 0.1 * 2**attempt))  # noqa: S311 - jitter, not crypto
+                self.stats.degraded = f"database unavailable: {type(exc).__name__}"
+                log.warning(
+                    "PostgreSQL write failed (%s: %s); retry %d in %.2fs, offsets NOT committed",
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    delay,
+                )
+                if self._stopping.is_set() and attempt > 3:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            if self.stats.degraded:
+                log.info("PostgreSQL is back after %d failed attempts", attempt)
+                self.stats.degraded = None
+            return result
+
+    async def _write(self, ticks: list[Tick], metrics: list[db.MetricRow], anomalies: list[Anomaly]) -> None:
+        assert self._pool is not None
+        started = time.perf_counter()
+        await self._with_db_retry(db.write_batch, self._pool, ticks, metrics, anomalies)
+        DB_WRITE.observe(time.perf_counter() - started)
+
+    async def _dead_letters(self, dead: list[DeadLetter]) -> None:
+        assert self._producer is not None
+        futures = []
+        for dl in dead:
+            DLQ.labels(dl.reason).inc()
+            futures.append(await self._producer.send(self.settings.topic_dlq, codec.encode_dead_letter(dl)))
+        await asyncio.gather(*futures)
+        self.stats.dead_letters += len(dead)
+        reasons: dict[str, int] = {}
+        for dl in dead:
+            reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
+        log.warning(
+            "sent %d bad records to %s: %s (first: %s)",
+            len(dead),
+            self.settings.topic_dlq,
+            reasons,
+            dead[0].detail[:200],
+        )
+
+    async def _publish_outbox(
+        self, symbols: list[str], anomaly_times: dict[tuple[str, int, int], int]
+    ) -> None:
+        """Publish alerts of unpublished anomalies of the symbols this member owns, then mark them."""
+        assert self._pool is not None and self._producer is not None
+        rows = await self._with_db_retry(
+            self._pool.fetch,
+            "SELECT " + db._ANOMALY_COLS + " FROM anomalies "
+            "WHERE published_at IS NULL AND symbol = ANY($1::text[]) ORDER BY id LIMIT 10000",
+            symbols,
+        )
+        if not rows:
+            return
+        futures = []
+        for row in rows:
+            anomaly = db.anomaly_from_row(row)
+            key, value = codec.encode_alert(anomaly, anomaly_id=int(row["id"]))
+            futures.append(await self._producer.send(self.settings.topic_alerts, value, key=key))
+        await asyncio.gather(*futures)
+        now = time.time()
+        for row in rows:
+            kafka_ts = anomaly_times.get((row["symbol"], int(row["ts_ms"]), int(row["window_s"])))
+            if kafka_ts is not None and kafka_ts > 0:
+                latency = max(0.0, now - kafka_ts / 1000)
+                TICK_TO_ALERT.observe(latency)
+                if self._record_latencies:
+                    self.stats.alert_latencies_ms.append(latency * 1000)
+        await self._with_db_retry(db.mark_published, self._pool, [int(r["id"]) for r in rows])
+        self.stats.alerts += len(rows)
+        ALERTS.inc(len(rows))
+        for row in rows[:20]:
+            log.info(
+                "ALERT %s %s %+.2f%% over %ss at %s",
+                row["symbol"],
+                row["direction"],
+                row["ret"] * 100,
+                row["window_s"],
+                row["ts_ms"],
+            )
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(offsets)
+        except Exception as exc:
+            # A rebalance took the partitions away: the new owner re-reads from the last commit and
+            # the idempotent writes absorb it.
+            log.warning(
+                "offset commit failed (%s: %s); batch will be re-read by the partition owner",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self.stats.last_commit_at = time.time()

@@ -1,0 +1,1 @@
+"""Assets per domain: `infra` (schema, service health), `markets`, `news`, `alerts`."""

@@ -1,0 +1,87 @@
+"""Jobs: asset jobs for the scheduled / sensor-driven materializations, and the maintenance job."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from dagster import OpExecutionContext
+
+from mw_dagster._compat import resolve_annotations
+from mw_dagster.partitions import price_anomalies_partitions
+
+price_anomalies_job = dg.define_asset_job(
+    "price_anomalies_job",
+    selection=dg.AssetSelection.keys("price_anomalies"),
+    partitions_def=price_anomalies_partitions,
+    description="Recompute one day of anomalies in batch (plus its checks).",
+)
+
+headlines_job = dg.define_asset_job(
+    "headlines_job",
+    selection=dg.AssetSelection.keys("headlines"),
+    description="Fetch the feeds and store / publish new headlines (requested by rss_poll_sensor).",
+)
+
+alert_enrichments_job = dg.define_asset_job(
+    "alert_enrichments_job",
+    selection=dg.AssetSelection.keys("alert_enrichments"),
+    description="Enrich new anomalies with an LLM summary (requested by new_anomalies_sensor).",
+)
+
+
+class MaintenanceConfig(dg.Config):
+    """Retention of Dagster's own history (the `retention:` section of dagster.yaml covers the
+    daemon's automatic tick purge; this job also removes old finished runs)."""
+
+    tick_retention_days: int = 7
+    run_retention_days: int = 30
+    max_runs_deleted: int = 5000
+
+
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+
+
+@dg.op(description="Purge sensor/schedule ticks and finished runs older than the retention.")
+@resolve_annotations
+def purge_dagster_history(context: OpExecutionContext, config: MaintenanceConfig) -> dg.Output[int]:
+    instance = context.instance
+    now = time.time()
+    tick_cutoff = now - config.tick_retention_days * 86400
+    states = instance.all_instigator_state()
+    for state in states:
+        instance.purge_ticks(state.instigator_origin_id, state.selector_id, before=tick_cutoff)
+    run_cutoff = datetime.now(tz=UTC) - timedelta(days=config.run_retention_days)
+    deleted = 0
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=FINISHED, created_before=run_cutoff), limit=config.max_runs_deleted
+    )
+    for record in records:
+        if record.dagster_run.run_id == context.run_id:
+            continue
+        instance.delete_run(record.dagster_run.run_id)
+        deleted += 1
+    context.log.info(
+        "purged ticks older than %s days for %d instigators; deleted %d runs older than %s days",
+        config.tick_retention_days,
+        len(states),
+        deleted,
+        config.run_retention_days,
+    )
+    return dg.Output(
+        deleted,
+        metadata={
+            "instigators": len(states),
+            "tick_cutoff": datetime.fromtimestamp(tick_cutoff, tz=UTC).isoformat(),
+            "runs_deleted": deleted,
+            "run_cutoff": run_cutoff.isoformat(),
+        },
+    )
+
+
+@dg.job(
+    description="Daily housekeeping of the Dagster instance (ticks, old runs).", tags={"kind": "maintenance"}
+)
+def maintenance_job() -> None:
+    purge_dagster_history()

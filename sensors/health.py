@@ -1,0 +1,38 @@
+"""`service_health_sensor`: the price flow as seen in PostgreSQL, as `service_health` observations.
+
+Runs every minute without launching runs: it reads ticks of the last minute, the newest tick's
+age and the last hour's anomalies, and records them as an observation of the external
+``service_health`` asset, so the UI shows whether prices are flowing even when no service reports.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+from dagster import SensorEvaluationContext
+
+from mw_dagster._compat import resolve_annotations
+from mw_dagster.health import flow_metrics, observation
+from mw_dagster.resources import PostgresResource
+
+
+@dg.sensor(
+    name="service_health_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Observes the price flow (ticks/minute, newest tick age) as service_health events.",
+)
+@resolve_annotations
+def service_health_sensor(
+    context: SensorEvaluationContext,
+    postgres: PostgresResource,
+) -> dg.SensorResult:
+    now = int(time.time() * 1000)
+    flow = postgres.price_flow(now_ms=now, window_s=60)
+    status, metrics = flow_metrics(flow, now_ms=now)
+    context.log.info("price flow %s: %s", status, metrics)
+    return dg.SensorResult(
+        asset_events=[observation(service="prices", status=status, metrics=metrics)],
+        skip_reason=f"prices {status}: {flow.ticks} ticks in the last minute",
+    )

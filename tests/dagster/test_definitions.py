@@ -1,0 +1,84 @@
+"""Tier 1: the code location loads, with the expected assets, checks, jobs, schedules and sensors."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mw_dagster.definitions import build_resources, defs
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_definitions_validate_loadable() -> None:
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_assets_groups_and_lineage() -> None:
+    graph = defs.resolve_asset_graph()
+    groups = {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert groups == {
+        "db_schema": "infra",
+        "service_health": "infra",
+        "prices": "markets",
+        "price_anomalies": "markets",
+        "headlines": "news",
+        "alert_enrichments": "alerts",
+    }
+    parents = {p.to_user_string() for p in graph.get(dg.AssetKey("alert_enrichments")).parent_keys}
+    assert parents == {"price_anomalies", "headlines"}
+    anomalies = graph.get(dg.AssetKey("price_anomalies"))
+    assert anomalies.partitions_def is not None
+    assert anomalies.partitions_def.get_partition_keys_in_range(
+        dg.PartitionKeyRange("2024-08-05", "2024-08-06")
+    ) == ["2024-08-05", "2024-08-06"]
+    spec = defs.get_assets_def("alert_enrichments").op.retry_policy
+    assert spec is not None and spec.max_retries == 3 and spec.backoff == dg.Backoff.EXPONENTIAL
+
+
+def test_checks_jobs_schedules_sensors() -> None:
+    graph = defs.resolve_asset_graph()
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == {
+        ("prices", "prices_coverage"),
+        ("prices", "prices_staleness"),
+        ("prices", "prices_duplicate_rate"),
+        ("headlines", "headlines_freshness"),
+        ("headlines", "headlines_duplicate_rate"),
+        ("price_anomalies", "price_anomalies_agreement"),
+    }
+    repo = defs.get_repository_def()
+    assert {"price_anomalies_job", "headlines_job", "alert_enrichments_job", "maintenance_job"} <= set(
+        repo.job_names
+    )
+    assert {s.name for s in repo.schedule_defs} == {"price_anomalies_schedule", "maintenance_schedule"}
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert set(sensors) == {"rss_poll_sensor", "new_anomalies_sensor", "service_health_sensor"}
+    assert sensors["rss_poll_sensor"].minimum_interval_seconds == 60
+    assert repo.get_schedule_def("price_anomalies_schedule").job_name == "price_anomalies_job"
+
+
+def test_secrets_come_from_env_vars() -> None:
+    resources = build_resources({"MW_DATABASE_URL": "postgresql://x@h/d", "MW_LLM_API_KEY": "sk-test"})
+    snapshot = {name: r._get_non_default_public_field_values() for name, r in resources.items()}  # type: ignore[attr-defined]
+    assert isinstance(snapshot["postgres"]["database_url"], dg.EnvVar)
+    assert isinstance(snapshot["llm"]["api_key"], dg.EnvVar)
+    # Unset optional variables stay unset instead of failing every run.
+    assert snapshot["kafka"].get("bootstrap") is None
+
+
+def test_dagster_code_has_no_event_loop_tricks() -> None:
+    """STYLE.md §5: asyncio stays in mw_core; Dagster code only calls asyncio.run."""
+    banned = {"get_event_loop", "new_event_loop", "run_until_complete", "set_event_loop", "nest_asyncio"}
+    offenders = []
+    for path in [*(ROOT / "mw_dagster").rglob("*.py"), *(ROOT / "sensors").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = getattr(node, "attr", None) or getattr(node, "id", None)
+            if name in banned:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")  # type: ignore[attr-defined]
+    assert offenders == []

@@ -1,0 +1,246 @@
+"""Processor on real components: embedded broker + PostgreSQL, real consumer groups."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from mw_core import bus, codec, db
+from mw_core.config import Settings
+from mw_core.models import Tick
+from mw_core.processor import Processor
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_722_816_000_000  # 2024-08-05 00:00 UTC
+
+
+def walk(symbol: str, n: int, *, start: float = 100.0, step_ms: int = 1000, t0: int = T0,
+         jump_at: int | None = None, jump: float = 0.0) -> list[Tick]:
+    """A deterministic gentle zig-zag with an optional jump (fraction) at index `jump_at`."""
+    out, price = [], start
+    for i in range(n):
+        price *= 1.0005 if i % 2 else 0.9995
+        if jump_at is not None and i == jump_at:
+            price *= 1 + jump
+        out.append(Tick(symbol, t0 + i * step_ms, round(price, 6), source="replay"))
+    return out
+
+
+async def produce(settings: Settings, ticks: Iterable[Tick], raw: Iterable[tuple[bytes | None, bytes]] = ()) -> None:
+    await bus.ensure_topics(settings)
+    producer = bus.producer(settings)
+    await producer.start()
+    try:
+        for tick in ticks:
+            key, value = codec.encode_tick(tick)
+            await producer.send(settings.topic_prices, value, key=key)
+        for key, value in raw:
+            await producer.send(settings.topic_prices, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def consume_all(settings: Settings, topic: str, *, expect: int, timeout: float = 10.0) -> list[dict]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka_bootstrap, group_id=f"t-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: list[dict] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                out.extend(orjson.loads(r.value) for r in records)
+            if len(out) >= expect and not batch:
+                break
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def fetch(settings: Settings, sql: str, *args: object) -> list[asyncpg.Record]:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_ticks_flow_to_db_and_jump_raises_one_alert(settings: Settings) -> None:
+    ticks = walk("AAAUSDT", 300, jump_at=200, jump=0.05) + walk("BBBUSDT", 300)
+    await produce(settings, ticks)
+
+    stats = await Processor(settings).run(idle_exit_s=2.0)
+
+    assert stats.stored == 600
+    rows = await fetch(settings, "SELECT symbol, count(*) AS n FROM prices GROUP BY symbol ORDER BY symbol")
+    assert [(r["symbol"], r["n"]) for r in rows] == [("AAAUSDT", 300), ("BBBUSDT", 300)]
+    anomalies = await fetch(
+        settings, "SELECT symbol, ts, window_s, direction, ret, published_at FROM anomalies ORDER BY ts"
+    )
+    # The jump is seen at once by the 60 s window; the 300 s window keeps seeing it, so the symbol
+    # re-alerts once per cooldown (60 s of event time) while the move stays in a window.
+    assert [(a["symbol"], a["window_s"], a["direction"]) for a in anomalies] == [
+        ("AAAUSDT", 60, "up"),
+        ("AAAUSDT", 300, "up"),
+    ]
+    assert (anomalies[1]["ts"] - anomalies[0]["ts"]).total_seconds() == 60
+    assert all(a["ret"] >= 0.02 and a["published_at"] is not None for a in anomalies)
+    alerts = await consume_all(settings, settings.topic_alerts, expect=2)
+    assert [(a["symbol"], a["window_s"]) for a in alerts] == [("AAAUSDT", 60), ("AAAUSDT", 300)]
+    assert alerts[0]["summary"].startswith("[template] AAAUSDT rose")
+    metrics = await fetch(settings, "SELECT DISTINCT window_s FROM metrics ORDER BY 1")
+    assert [r["window_s"] for r in metrics] == [60, 300, 900]
+
+
+async def test_offsets_committed_only_after_durable_write(settings: Settings) -> None:
+    ticks = walk("CCCUSDT", 50)
+    await produce(settings, ticks)
+    await Processor(settings).run(idle_exit_s=1.5)
+
+    consumer = bus.consumer(settings, group_id=settings.consumer_group)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(settings.topic_prices) or set()
+        committed = [await consumer.committed(TopicPartition(settings.topic_prices, p)) for p in parts]
+    finally:
+        await consumer.stop()
+    assert sum(c or 0 for c in committed) == 50
+
+
+async def test_bad_records_go_to_dlq_with_reasons_and_processing_continues(settings: Settings) -> None:
+    good = walk("DDDUSDT", 40)
+    bad = [
+        (b"DDDUSDT", b"{not json"),
+        (b"DDDUSDT", orjson.dumps({"symbol": "DDDUSDT", "ts": T0})),  # no price
+        (b"DDDUSDT", orjson.dumps({"symbol": "DDDUSDT", "price": -5, "ts": T0 + 99_000})),
+        (b"DDDUSDT", orjson.dumps({"symbol": "DDDUSDT", "price": 1e30, "ts": T0 + 99_000})),
+        (b"DDDUSDT", b'{"symbol": "DDDUSDT", "price": NaN, "ts": 1722816099000}'),
+        (b"DDDUSDT", orjson.dumps({"symbol": "DDDUSDT", "price": 1.0, "ts": 1000})),  # 1970
+        (b"bad sym", orjson.dumps({"symbol": "bad sym", "price": 1.0, "ts": T0})),
+        (b"DDDUSDT", orjson.dumps([1, 2, 3])),
+    ]
+    await produce(settings, good, bad)
+
+    stats = await Processor(settings).run(idle_exit_s=1.5)
+
+    assert stats.stored == 40
+    assert stats.dead_letters == len(bad)
+    dlq = await consume_all(settings, settings.topic_dlq, expect=len(bad))
+    reasons = sorted(d["reason"] for d in dlq)
+    assert reasons == sorted(
+        ["malformed_json", "missing_field", "bad_price", "bad_price", "malformed_json", "bad_ts",
+         "bad_symbol", "not_an_object"]
+    )
+    n = await fetch(settings, "SELECT count(*) AS n FROM prices WHERE price <= 0 OR price > 1e9")
+    assert n[0]["n"] == 0
+
+
+async def test_out_of_order_beyond_tolerance_is_dead_lettered(settings: Settings) -> None:
+    ticks = walk("EEEUSDT", 20)
+    late_ok = Tick("EEEUSDT", ticks[-1].ts - 2_000 + 1, 100.0, source="replay")  # within 5 s
+    late_bad = Tick("EEEUSDT", ticks[-1].ts - 60_000 + 1, 100.0, source="replay")
+    await produce(settings, [*ticks, late_ok, late_bad])
+
+    stats = await Processor(settings).run(idle_exit_s=1.5)
+
+    assert stats.stored == 21 and stats.dead_letters == 1
+    dlq = await consume_all(settings, settings.topic_dlq, expect=1)
+    assert dlq[0]["reason"] == "out_of_order"
+
+
+class CrashBeforeCommit(Processor):
+    """Dies right after the batch is durable in PostgreSQL, before offsets are committed."""
+
+    class Crash(Exception):
+        pass
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        raise self.Crash
+
+
+async def test_crash_between_write_and_commit_loses_and_duplicates_nothing(settings: Settings) -> None:
+    ticks = walk("FFFUSDT", 400, jump_at=350, jump=-0.06)
+    await produce(settings, ticks)
+
+    crashing = CrashBeforeCommit(settings.model_copy(update={"batch_max_records": 100}))
+    with pytest.raises(CrashBeforeCommit.Crash):
+        await crashing.run(idle_exit_s=1.5)
+    first = await fetch(settings, "SELECT count(*) AS n FROM prices")
+    assert 0 < first[0]["n"] <= 100
+
+    await Processor(settings).run(idle_exit_s=1.5)
+
+    rows = await fetch(settings, "SELECT count(*) AS n, count(DISTINCT ts) AS d FROM prices")
+    assert rows[0]["n"] == rows[0]["d"] == 400
+    anomalies = await fetch(settings, "SELECT symbol, ts, window_s FROM anomalies")
+    assert len(anomalies) == 1
+    alerts = await consume_all(settings, settings.topic_alerts, expect=1)
+    assert len(alerts) == 1
+
+
+async def test_restart_rehydrates_windows_from_db(make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings = make_settings()
+    # +1.9 % per minute twice: 3.8 % over 2 minutes. A cold processor sees only the 2 new ticks
+    # (1.9 %, below every threshold); only windows rehydrated from the DB see the 300 s move.
+    ticks = walk("GGGUSDT", 240, step_ms=1000)
+    price = ticks[-1].price
+    later = []
+    for i in range(1, 3):
+        price *= 1.019
+        later.append(Tick("GGGUSDT", ticks[-1].ts + i * 60_000, price, source="replay"))
+    await produce(settings, ticks)
+    await Processor(settings).run(idle_exit_s=1.5)
+    assert not await fetch(settings, "SELECT 1 FROM anomalies")
+
+    await produce(settings, later)
+    await Processor(settings).run(idle_exit_s=1.5)
+
+    anomalies = await fetch(settings, "SELECT window_s, direction FROM anomalies")
+    assert [(a["window_s"], a["direction"]) for a in anomalies] == [(300, "up")]
+
+
+async def test_two_processors_split_partitions(make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings = make_settings(prices_partitions=6)
+    symbols = [f"S{i}XUSDT" for i in range(12)]
+    ticks = [t for s in symbols for t in walk(s, 100)]
+    await bus.ensure_topics(settings)
+
+    a, b = Processor(settings), Processor(settings)
+    await a.start()
+    await b.start()
+    await produce(settings, ticks)
+    stats_a, stats_b = await asyncio.gather(a.run(idle_exit_s=4.0), b.run(idle_exit_s=4.0))
+
+    assert stats_a.stored + stats_b.stored >= 1200
+    assert stats_a.stored > 0 and stats_b.stored > 0
+    rows = await fetch(settings, "SELECT count(*) AS n FROM prices")
+    assert rows[0]["n"] == 1200
+
+
+async def test_schema_is_idempotent_and_versioned(settings: Settings) -> None:
+    assert settings.database_url is not None
+    pool = await db.create_pool(settings.database_url.get_secret_value())
+    try:
+        first = await db.apply_schema(pool)
+        again, other = await asyncio.gather(db.apply_schema(pool), db.apply_schema(pool))
+        assert first.applied == (db.SCHEMA_VERSION,)
+        assert again.applied == () and other.applied == ()
+        assert first.timescale is False  # no timescaledb extension here
+        versions = await pool.fetch("SELECT version FROM schema_version")
+        assert [r["version"] for r in versions] == [db.SCHEMA_VERSION]
+        counts = await db.table_counts(pool)
+        assert set(counts) == set(db.TABLES)
+    finally:
+        await pool.close()

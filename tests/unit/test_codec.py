@@ -1,0 +1,92 @@
+"""Tick / alert / dead-letter codecs: the `prices` topic contract other tools rely on."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mw_core import codec
+from mw_core.models import Anomaly, DeadLetter, Tick
+
+pytestmark = pytest.mark.unit
+NOW = 1_800_000_000_000
+
+
+def test_round_trip() -> None:
+    tick = Tick("BTCUSDT", 1_722_816_059_999, 58185.9, 58144.5, 58190.5, 58097.3, 381.2, 2.2e7, "ws")
+    key, value = codec.encode_tick(tick)
+    assert key == b"BTCUSDT"
+    assert codec.decode_tick(key, value, now_ms=NOW) == tick
+
+
+def test_minimal_external_format_with_symbol_from_key() -> None:
+    tick = codec.decode_tick(b"ETHUSDT", b'{"price": "2500.5", "ts": 1722816059999}', now_ms=NOW)
+    assert (tick.symbol, tick.price, tick.ts, tick.source) == ("ETHUSDT", 2500.5, 1722816059999, "external")
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", "malformed_json"),
+        (b"{", "malformed_json"),
+        (b"[]", "not_an_object"),
+        (b'{"symbol":"BTCUSDT","ts":1722816059999}', "missing_field"),
+        (b'{"symbol":"BTCUSDT","price":1}', "missing_field"),
+        (b'{"symbol":"BTCUSDT","price":0,"ts":1722816059999}', "bad_price"),
+        (b'{"symbol":"BTCUSDT","price":-1,"ts":1722816059999}', "bad_price"),
+        (b'{"symbol":"BTCUSDT","price":1e30,"ts":1722816059999}', "bad_price"),
+        (b'{"symbol":"BTCUSDT","price":"abc","ts":1722816059999}', "bad_price"),
+        (b'{"symbol":"BTCUSDT","price":true,"ts":1722816059999}', "bad_price"),
+        (b'{"symbol":"BTCUSDT","price":1,"ts":0}', "bad_ts"),
+        (b'{"symbol":"BTCUSDT","price":1,"ts":"today"}', "bad_ts"),
+        (b'{"symbol":"BTCUSDT","price":1,"ts":1900000000000}', "bad_ts"),
+        (b'{"symbol":"btc usdt","price":1,"ts":1722816059999}', "bad_symbol"),
+        (b'{"symbol":"<script>","price":1,"ts":1722816059999}', "bad_symbol"),
+    ],
+)
+def test_rejects_with_reason(value: bytes, reason: str) -> None:
+    with pytest.raises(codec.BadMessage) as err:
+        codec.decode_tick(b"BTCUSDT", value, now_ms=NOW)
+    assert err.value.reason == reason
+
+
+@given(st.binary(max_size=200), st.one_of(st.none(), st.binary(max_size=30)))
+def test_fuzz_bytes_only_ever_bad_message(value: bytes, key: bytes | None) -> None:
+    try:
+        tick = codec.decode_tick(key, value, now_ms=NOW)
+    except codec.BadMessage:
+        return
+    assert tick.price > 0 and math.isfinite(tick.price)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(st.fixed_dictionaries({}, optional={"symbol": json_values, "price": json_values, "ts": json_values}))
+def test_fuzz_json_objects_only_ever_bad_message(obj: dict) -> None:
+    try:
+        tick = codec.decode_tick(b"BTCUSDT", orjson.dumps(obj), now_ms=NOW)
+    except codec.BadMessage:
+        return
+    assert 0 < tick.price <= 1e9
+    assert codec.MIN_TS_MS <= tick.ts <= NOW + codec.MAX_FUTURE_MS
+
+
+def test_alert_and_dead_letter_encoding() -> None:
+    a = Anomaly("BTCUSDT", 1_722_820_259_999, 300, -0.0484, "down", 54321.0, 0.03, 0.004)
+    key, value = codec.encode_alert(a)
+    body = orjson.loads(value)
+    assert key == b"BTCUSDT"
+    assert body["window_s"] == 300 and body["direction"] == "down" and body["return"] == -0.0484
+    assert body["time"] == "2024-08-05T01:10:59.999000+00:00"
+    assert body["summary"].startswith("[template] BTCUSDT fell 4.84% in 5 min")
+    dl = orjson.loads(codec.encode_dead_letter(DeadLetter("bad_price", "prices", b"\xff{", "x")))
+    assert dl["reason"] == "bad_price" and dl["raw"] == "\ufffd{"
