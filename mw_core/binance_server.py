@@ -153,7 +153,9 @@ class Session:
 
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake (a crash or network cut)."""
+        self.frozen = True  # the state turns CLOSED a loop iteration later; send nothing meanwhile
         self.ws.transport.abort()
+        self.server.notify()
 
     def freeze(self) -> None:
         """Stop sending market data but keep the connection open (a half-open connection)."""
@@ -309,7 +311,13 @@ class BinanceServer:
         self._pump_task = None
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._server.wait_closed()), 3.0)
+            except TimeoutError:
+                # Clients that stopped reading cannot receive our close frame: drop them.
+                for session in list(self.sessions):
+                    session.ws.transport.abort()
+                await self._server.wait_closed()
             self._server = None
 
     async def __aenter__(self) -> BinanceServer:

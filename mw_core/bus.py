@@ -67,9 +67,11 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides
         "max_poll_records": settings.batch_max_records,
         "fetch_max_bytes": 32 * 1024 * 1024,
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
-        "session_timeout_ms": 10_000,
-        "heartbeat_interval_ms": 1_000,
-        "rebalance_timeout_ms": 20_000,
+        # Short enough that a dead member's partitions move within seconds (chaos tests, restarts),
+        # at Kafka's minimum allowed session timeout.
+        "session_timeout_ms": 6_000,
+        "heartbeat_interval_ms": 500,
+        "rebalance_timeout_ms": 5_000,
     }
     opts.update(overrides)
     return AIOKafkaConsumer(*topics, **client_options(settings), **opts)

@@ -248,4 +248,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "main", "redact_url", "time", "Path"]
+__all__ = ["Path", "app", "main", "redact_url", "time"]

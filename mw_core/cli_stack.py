@@ -49,6 +49,8 @@ stack_app = typer.Typer(help="Run the whole platform locally.", no_args_is_help=
 
 console = Console(stderr=True)
 out = Console()
+if not out.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
+    out = Console(width=160)
 log = logging.getLogger("mw_core.cli_stack")
 
 STATE_STYLE = {
@@ -90,20 +92,31 @@ def render_status(status: dict[str, Any], *, banners: Sequence[str] = (), hint: 
     meta = status.get("meta", {})
     running = status.get("running", True)
     title = "Market Watch" + ("" if running else " (not running)")
-    table = Table("component", "state", "address", "PID", "restarts", "startup", "detail", title=title)
-    for comp in status.get("components", []):
+    comps = status.get("components", [])
+    with_detail = any(c.get("detail") for c in comps)
+    table = Table(title=title)
+    table.add_column("component", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("address", overflow="fold", min_width=12)
+    table.add_column("PID", no_wrap=True, justify="right")
+    table.add_column("restarts", no_wrap=True, justify="right")
+    table.add_column("startup", no_wrap=True, justify="right")
+    if with_detail:
+        table.add_column("detail", overflow="fold")
+    for comp in comps:
         state = str(comp.get("state", "?"))
-        style = STATE_STYLE.get(state, "")
         startup = comp.get("startup_s")
-        table.add_row(
+        row: list[RenderableType] = [
             str(comp.get("component")),
-            Text(state, style=style),
+            Text(state, style=STATE_STYLE.get(state, "")),
             str(comp.get("address") or ""),
             str(comp.get("pid") or "-"),
             str(comp.get("restarts", 0)),
             f"{startup:.1f}s" if isinstance(startup, int | float) else "",
-            Text(str(comp.get("detail") or ""), overflow="fold"),
-        )
+        ]
+        if with_detail:
+            row.append(str(comp.get("detail") or ""))
+        table.add_row(*row)
     lines: list[RenderableType] = [table]
     info = Text()
     if meta.get("dagster_url"):
@@ -189,12 +202,15 @@ def up(
     settings = _settings(host=host)
     state_dir = _state_dir(settings)
     replay_files = [*(replay or []), *(files or [])]
-    if speed != "max":
+    if replay_files:
+        from mw_core.binance_server import parse_speed
+        from mw_core.klines import resolve_sources
+
         try:
-            if float(speed) <= 0:
-                raise ValueError
-        except ValueError:
-            console.print(f"[red]--speed must be `max` or a positive number, not {speed!r}[/red]")
+            parse_speed(speed)
+            replay_files = [str(p) for p in resolve_sources(replay_files)]
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
     options = StackOptions(
         replay=tuple(replay_files),
@@ -397,7 +413,12 @@ def status(
         hint = "" if running else "not running: `mw up` starts it"
         if not running and any(c.get("state") == "stale" for c in st.get("components", [])):
             hint = "supervisor is gone but components still run: `mw down` cleans them up"
-        out.print(render_status(st, hint=hint))
+        banners: list[str] = []
+        if running:
+            from mw_core.stack import source_banners
+
+            banners = source_banners(st.get("meta", {}))
+        out.print(render_status(st, banners=banners, hint=hint))
     if not running:
         raise typer.Exit(1)
 
@@ -521,23 +542,6 @@ def init_command(
 # --- replay server process ---------------------------------------------------------------------------
 
 
-def resolve_replay_files(files: Sequence[str]) -> list[Path]:
-    """`sample` -> the bundled recorded day; other names must be existing files."""
-    paths: list[Path] = []
-    for name in files:
-        if name == "sample":
-            data = Path(__file__).parent / "data"
-            paths.extend(sorted(data.glob("*.csv*")))
-            continue
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"replay file not found: {name}")
-        paths.append(path.absolute())
-    if not paths:
-        raise FileNotFoundError("no replay files given")
-    return paths
-
-
 @stack_app.command("replay-server", hidden=True)
 def replay_server(
     files: Annotated[list[str], typer.Argument(help="Kline CSV files or `sample`.")],
@@ -548,9 +552,11 @@ def replay_server(
     ready_file: Annotated[Path | None, typer.Option(help="Write the URLs here as JSON once serving.")] = None,
 ) -> None:
     """Serve recorded klines over the Binance websocket + REST protocol until SIGTERM."""
+    from mw_core.klines import resolve_sources
+
     _settings()
     try:
-        paths = resolve_replay_files(files)
+        paths = resolve_sources(files)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -560,34 +566,20 @@ def replay_server(
 async def _serve_replay(
     paths: Sequence[Path], *, speed: str, loop: bool, host: str, port: int, ready_file: Path | None
 ) -> None:
-    import importlib
-    import inspect
+    from mw_core.binance_server import BinanceServer
 
-    server_cls: Any = importlib.import_module("mw_core.binance_server").ReplayServer
-    params = inspect.signature(server_cls).parameters
-    kwargs: dict[str, Any] = {}
-    speed_value: float | str | None = None if speed == "max" else float(speed)
-    if "speed" in params:
-        kwargs["speed"] = speed_value
-    if "loop" in params:
-        kwargs["loop"] = loop
-    if "host" in params:
-        kwargs["host"] = host
-    if "port" in params:
-        kwargs["port"] = port
-    server = server_cls(list(paths), **kwargs)
+    server = BinanceServer.from_sources(list(paths), speed=speed, loop=loop, host=host, port=port)
     ws_url = await server.start()
-    rest_url = getattr(server, "rest_url", "")
     stop = asyncio.Event()
-    loop_ = asyncio.get_running_loop()
+    running = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop_.add_signal_handler(sig, stop.set)
+        running.add_signal_handler(sig, stop.set)
     if ready_file is not None:
-        ready_file.parent.mkdir(parents=True, exist_ok=True)
+        ready = {"pid": os.getpid(), "ws_url": ws_url, "rest_url": server.rest_url, "symbols": server.symbols}
         tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "ws_url": str(ws_url), "rest_url": str(rest_url)}))
-        tmp.replace(ready_file)
-    log.info("replay server: websocket %s, REST %s, files %s", ws_url, rest_url, [p.name for p in paths])
+        await asyncio.to_thread(tmp.write_text, json.dumps(ready))
+        os.replace(tmp, ready_file)
+    log.info("replay server: websocket %s, REST %s, symbols %s", ws_url, server.rest_url, server.symbols)
     try:
         await stop.wait()
     finally:

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        env_ignore_empty=True,
         frozen=True,
     )
 
@@ -105,7 +106,9 @@ class Settings(BaseSettings):
     binance_ws_url: str = Field("wss://stream.binance.com:9443", description="Binance websocket base URL.")
     binance_rest_url: str = Field("https://api.binance.com", description="Binance REST base URL.")
     ws_rollover_s: float = Field(
-        23 * 3600.0, gt=0, description="Open a new websocket connection after this long (Binance cuts at 24 h)."
+        23 * 3600.0,
+        gt=0,
+        description="Open a new websocket connection after this long (Binance cuts at 24 h).",
     )
     ws_silence_timeout_s: float = Field(
         30.0, gt=0, description="Reconnect when no frame arrived for this long (half-open connections)."
@@ -144,7 +147,9 @@ class Settings(BaseSettings):
         "openai", description="LLM provider (OpenAI-compatible API)."
     )
     llm_model: str = Field("gpt-4o-mini", description="LLM model name.")
-    llm_base_url: str | None = Field(None, description="OpenAI-compatible base URL (provider default if unset).")
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL (provider default if unset)."
+    )
     llm_api_key: SecretStr | None = Field(None, description="LLM API key. Unset: template summaries.")
     llm_timeout_s: float = Field(20.0, gt=0, description="Per-request LLM timeout.")
     llm_max_calls_per_run: int = Field(50, ge=0, description="Cap on LLM calls per enrichment run.")

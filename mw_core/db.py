@@ -328,9 +328,13 @@ async def write_batch(
 
 # --- reads ----------------------------------------------------------------------------------------
 
-_ANOMALY_COLS = """
-    id, symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s, ret, direction, price,
-    threshold, volatility, ref_price, (extract(epoch FROM ref_ts) * 1000)::int8 AS ref_ts_ms
+_UNPUBLISHED = """
+SELECT id, symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s, ret, direction, price,
+       threshold, volatility, ref_price, (extract(epoch FROM ref_ts) * 1000)::int8 AS ref_ts_ms
+FROM anomalies
+WHERE published_at IS NULL AND ($2::text[] IS NULL OR symbol = ANY($2::text[]))
+ORDER BY id
+LIMIT $1
 """
 
 
@@ -349,12 +353,14 @@ def anomaly_from_row(row: asyncpg.Record | dict[str, Any]) -> Anomaly:
     )
 
 
-async def unpublished_anomalies(pool: asyncpg.Pool, *, limit: int = 1000) -> list[tuple[int, Anomaly]]:
-    """Anomalies whose alert has not been published yet (the alert outbox), oldest first."""
-    rows = await pool.fetch(
-        "SELECT " + _ANOMALY_COLS + " FROM anomalies WHERE published_at IS NULL ORDER BY id LIMIT $1",
-        limit,
-    )
+async def unpublished_anomalies(
+    pool: asyncpg.Pool, *, limit: int = 1000, symbols: Sequence[str] | None = None
+) -> list[tuple[int, Anomaly]]:
+    """Anomalies whose alert has not been published yet (the alert outbox), oldest first.
+
+    With `symbols`, only those symbols' rows: a processor publishes only for the partitions it owns.
+    """
+    rows = await pool.fetch(_UNPUBLISHED, limit, list(symbols) if symbols is not None else None)
     return [(int(r["id"]), anomaly_from_row(r)) for r in rows]
 
 
@@ -416,7 +422,8 @@ async def table_counts(pool: asyncpg.Pool, tables: Iterable[str] = TABLES) -> di
         for table in tables:
             if table not in TABLES:
                 raise ValueError(f"unknown table {table!r}")
-            out[table] = int(await conn.fetchval("SELECT count(*) FROM " + table))  # noqa: S608 - allow-listed
+            sql = "SELECT count(*) FROM " + table  # noqa: S608 - table names come from the allow-list
+            out[table] = int(await conn.fetchval(sql))
     return out
 
 

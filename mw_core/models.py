@@ -24,7 +24,7 @@ def dt_to_ms(dt: datetime) -> int:
     """Timezone-aware datetime -> epoch milliseconds."""
     if dt.tzinfo is None:
         raise ValueError("naive datetime: timestamps must be timezone-aware UTC")
-    return int(round(dt.timestamp() * 1000))
+    return round(dt.timestamp() * 1000)
 
 
 @dataclass(frozen=True, slots=True)

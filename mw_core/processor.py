@@ -37,7 +37,7 @@ from mw_core import bus, codec, db
 from mw_core.anomaly import AnomalyDetector
 from mw_core.config import Settings
 from mw_core.metrics import metric_rows
-from mw_core.models import Anomaly, DeadLetter, Tick
+from mw_core.models import Anomaly, DeadLetter, Tick, ms_to_dt
 from mw_core.windows import SymbolWindows
 
 log = logging.getLogger(__name__)
@@ -373,39 +373,33 @@ class Processor:
     ) -> None:
         """Publish alerts of unpublished anomalies of the symbols this member owns, then mark them."""
         assert self._pool is not None and self._producer is not None
-        rows = await self._with_db_retry(
-            self._pool.fetch,
-            "SELECT " + db._ANOMALY_COLS + " FROM anomalies "
-            "WHERE published_at IS NULL AND symbol = ANY($1::text[]) ORDER BY id LIMIT 10000",
-            symbols,
-        )
+        rows = await self._with_db_retry(db.unpublished_anomalies, self._pool, limit=10_000, symbols=symbols)
         if not rows:
             return
         futures = []
-        for row in rows:
-            anomaly = db.anomaly_from_row(row)
-            key, value = codec.encode_alert(anomaly, anomaly_id=int(row["id"]))
+        for anomaly_id, anomaly in rows:
+            key, value = codec.encode_alert(anomaly, anomaly_id=anomaly_id)
             futures.append(await self._producer.send(self.settings.topic_alerts, value, key=key))
         await asyncio.gather(*futures)
         now = time.time()
-        for row in rows:
-            kafka_ts = anomaly_times.get((row["symbol"], int(row["ts_ms"]), int(row["window_s"])))
+        for _, anomaly in rows:
+            kafka_ts = anomaly_times.get(anomaly.key)
             if kafka_ts is not None and kafka_ts > 0:
                 latency = max(0.0, now - kafka_ts / 1000)
                 TICK_TO_ALERT.observe(latency)
                 if self._record_latencies:
                     self.stats.alert_latencies_ms.append(latency * 1000)
-        await self._with_db_retry(db.mark_published, self._pool, [int(r["id"]) for r in rows])
+        await self._with_db_retry(db.mark_published, self._pool, [anomaly_id for anomaly_id, _ in rows])
         self.stats.alerts += len(rows)
         ALERTS.inc(len(rows))
-        for row in rows[:20]:
+        for _, a in rows[:20]:
             log.info(
                 "ALERT %s %s %+.2f%% over %ss at %s",
-                row["symbol"],
-                row["direction"],
-                row["ret"] * 100,
-                row["window_s"],
-                row["ts_ms"],
+                a.symbol,
+                a.direction,
+                a.ret * 100,
+                a.window_s,
+                ms_to_dt(a.ts).isoformat(),
             )
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:

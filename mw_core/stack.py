@@ -207,6 +207,7 @@ class Stack:
             "host": self.host,
             "state_dir": str(self.state_dir),
             "replay": list(self.options.replay),
+            "price_source": self.price_source,
             "workspace": str(self.workspace) if self.workspace else None,
             "ingest_health": f"http://{connect_host(self.host)}:{self.ingest_port}/healthz",
             "process_health": f"http://{connect_host(self.host)}:{self.process_port}/healthz",
@@ -485,34 +486,52 @@ class Stack:
         return specs
 
     # --- live source report ------------------------------------------------------------------------
+    @property
+    def price_source(self) -> str:
+        if self.replaying:
+            return "replay of " + ", ".join(Path(p).name for p in self.options.replay)
+        return self.settings.binance_ws_url
+
     def source_report(self) -> list[str]:
         """Best-effort one-line banners about the price source (from the ingest /healthz)."""
-        source = (
-            f"replay {', '.join(self.options.replay)}" if self.replaying else self.settings.binance_ws_url
-        )
-        answer = http_status(self.meta()["ingest_health"], timeout=0.5)
-        if answer is None:
-            return [f"price source {source}: ingest not answering yet"]
-        code, body = answer
-        try:
-            health = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            health = {}
-        status = str(health.get("status", code)) if isinstance(health, dict) else str(code)
-        if status == "ok":
-            return [f"price source {source}: OK"]
-        detail = ""
-        if isinstance(health, dict):
-            for key in ("error", "detail", "reason", "last_error", "message"):
-                if health.get(key):
-                    detail = f" ({health[key]})"
-                    break
-        hint = "" if self.replaying else " - offline? try `mw up --replay sample`"
-        return [f"price source {source}: {status}{detail}{hint}"]
+        return source_banners(self.meta())
+
+
+def source_banners(meta: dict[str, Any]) -> list[str]:
+    """Banners about the live sources from status meta (`Stack.meta`): reads the ingest /healthz."""
+    url = meta.get("ingest_health")
+    source = str(meta.get("price_source") or "Binance")
+    if not url:
+        return []
+    answer = http_status(str(url), timeout=0.5)
+    if answer is None:
+        return [f"price source {source}: ingest not answering"]
+    code, body = answer
+    try:
+        health = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        health = {}
+    if not isinstance(health, dict):
+        health = {}
+    status = str(health.get("status", code))
+    if status == "ok":
+        return [f"price source {source}: OK"]
+    detail = ""
+    for key in ("degraded", "error", "detail", "reason", "last_error", "message"):
+        if health.get(key):
+            detail = f" ({health[key]})"
+            break
+    hint = "" if meta.get("replay") else " - offline? `mw up --replay sample` replays a recorded day"
+    return [f"price source {source}: {status}{detail}{hint}"]
 
 
 class FirstTickProbe:
-    """Background thread: seconds from `started_at` until a price row ingested after it is durable."""
+    """Background thread: seconds from `Stack.started_at` until the processor made a tick durable.
+
+    Reads the processor's ``/healthz``: a tick is durable once the processor stored a batch and
+    committed its offsets (it writes PostgreSQL before committing Kafka). Replaying a day that is
+    already in the database still counts, as the idempotent write is durable too.
+    """
 
     def __init__(self, stack: Stack, *, timeout: float = 300.0) -> None:
         self.stack = stack
@@ -534,31 +553,27 @@ class FirstTickProbe:
         self._stop.set()
 
     def _run(self) -> None:
-        try:
-            asyncio.run(self._probe())
-        except Exception as exc:
-            log.debug("first-tick probe ended: %r", exc)
+        url = self.stack.meta()["process_health"]
+        deadline = time.monotonic() + self.timeout
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            answer = http_status(url, timeout=1.0)
+            if answer is not None and durable(answer[1]):
+                self.seconds = round((datetime.now(UTC) - self.stack.started_at).total_seconds(), 2)
+                log.info("first tick durable %.1fs after `mw up`", self.seconds)
+                return
+            self._stop.wait(0.25)
 
-    async def _probe(self) -> None:
-        import asyncpg
 
-        url = self.stack.app_db_url
-        if url is None:
-            return
-        conn = await asyncpg.connect(url, timeout=5)
-        try:
-            deadline = time.monotonic() + self.timeout
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                found = await conn.fetchval(
-                    "SELECT 1 FROM prices WHERE ingested_at >= $1 LIMIT 1", self.stack.started_at
-                )
-                if found:
-                    self.seconds = round((datetime.now(UTC) - self.stack.started_at).total_seconds(), 2)
-                    log.info("first tick durable %.1fs after `mw up`", self.seconds)
-                    return
-                await asyncio.sleep(0.25)
-        finally:
-            await conn.close()
+def durable(health_body: bytes) -> bool:
+    """True when a processor `/healthz` body shows a stored and committed batch."""
+    try:
+        health = orjson.loads(health_body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(health, dict):
+        return False
+    stored = health.get("stored") or 0
+    return bool(stored) and health.get("last_commit_age_s") is not None
 
 
 # --- production init job -------------------------------------------------------------------------

@@ -49,7 +49,8 @@ def purge_dagster_history(context: OpExecutionContext, config: MaintenanceConfig
     instance = context.instance
     now = time.time()
     tick_cutoff = now - config.tick_retention_days * 86400
-    states = instance.all_instigator_state()
+    # An ephemeral instance (tests, `dagster dev` without DAGSTER_HOME) keeps no tick history.
+    states = instance.all_instigator_state() if instance.schedule_storage is not None else []
     for state in states:
         instance.purge_ticks(state.instigator_origin_id, state.selector_id, before=tick_cutoff)
     run_cutoff = datetime.now(tz=UTC) - timedelta(days=config.run_retention_days)

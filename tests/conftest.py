@@ -82,9 +82,7 @@ async def db_url(pg_server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def make_settings(
-    db_url: str, kafka_bootstrap: str, tmp_path: Path
-) -> Callable[..., Settings]:
+def make_settings(db_url: str, kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings factory bound to this test's database, the broker and uuid-named topics/group."""
     suffix = uuid.uuid4().hex[:8]
     base: dict[str, Any] = {

@@ -12,7 +12,7 @@ Contract:
 - HTTP: ``GET {rest_url}/api/v3/klines?symbol=&interval=1m&startTime=&endTime=&limit=``, paged
   by ``limit`` up to ``max_pages`` pages (a longer gap is truncated and logged). 429 / 418 wait
   for ``Retry-After`` (giving up when Binance asks for longer than ``max_retry_after_s``); 5xx and
-  transport errors are retried with exponential jittered backoff (tenacity), ``max_attempts``
+  transport errors are retried with exponential full-jitter backoff (tenacity), ``max_attempts``
   per page; other 4xx fail at once.
 """
 
@@ -28,7 +28,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from mw_core.ingest.frames import parse_klines
@@ -71,7 +71,7 @@ class Backfiller:
         max_pages: Cap on requests per gap.
         max_attempts: Attempts per request.
         max_retry_after_s: Longest ``Retry-After`` honoured; longer -> `BackfillError`.
-        backoff_initial_s / backoff_max_s: Exponential jittered backoff for 5xx / transport errors.
+        backoff_initial_s / backoff_max_s: Exponential full-jitter backoff for 5xx / transport errors.
         timeout_s: Per-request timeout.
         max_price: Prices above this are rejected.
     """
@@ -98,7 +98,7 @@ class Backfiller:
         self.max_attempts = max_attempts
         self.max_retry_after_s = max_retry_after_s
         self.max_price = max_price
-        self._backoff = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s)
+        self._backoff = wait_random_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
         self.requests = 0
         self.retries = 0
 
@@ -168,7 +168,8 @@ class Backfiller:
             BadMessage: Binance answered with a malformed page.
         """
         out: list[Tick] = []
-        start = after_ms + 1
+        # `startTime` filters on open time: start at the kline that was open at `after_ms`.
+        start = after_ms - MINUTE_MS + 1
         end = before_ms - 1
         pages = 0
         while start <= end:

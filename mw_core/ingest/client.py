@@ -334,10 +334,20 @@ class BinanceStreamClient:
                 await asyncio.wait_for(conn.ended.wait(), delay_s)
         await self._close(conn)
 
+    @staticmethod
+    async def _close_socket(conn: _Connection, timeout_s: float) -> None:
+        """Close handshake if the peer cooperates, else drop the TCP connection.
+
+        A peer can only complete the handshake if we read its close frame; while our receive buffer
+        is full (backpressure) we cannot, so the transport is aborted after `timeout_s`.
+        """
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.ws.close(), timeout_s)
+        conn.ws.transport.abort()
+
     async def _close(self, conn: _Connection) -> None:
         conn.end(conn.end_reason or "closed by client")
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.ws.close(), 3.0)
+        await self._close_socket(conn, 3.0)
         if conn.reader is not None:
             # The reader may be parked in the handler (backpressure): let it finish that frame.
             try:
@@ -354,8 +364,7 @@ class BinanceStreamClient:
             conn.end("client stopped")
             if conn.reader is not None:
                 conn.reader.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.ws.close(), 2.0)
+            await self._close_socket(conn, 1.0)
             if conn.reader is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await conn.reader

@@ -84,12 +84,9 @@ class EmbeddedPostgres:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def _run(self, args: list[str], timeout: float = 60) -> None:
-        kwargs: dict[str, object] = {}
-        if self._run_as is not None:
-            kwargs["user"] = self._run_as
         with open(self.log_file, "ab") as out:
             subprocess.run(  # noqa: S603 - fixed binary path, no shell
-                args, check=True, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, **kwargs
+                args, check=True, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, user=self._run_as
             )
 
     def _prepare_root(self) -> None:
@@ -149,7 +146,17 @@ class EmbeddedPostgres:
             "-c shared_buffers=128MB -c max_wal_size=1GB"
         )
         self._run(
-            [str(pg / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", str(int(timeout)), "-o", opts, "start"],
+            [
+                str(pg / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-o",
+                opts,
+                "start",
+            ],
             timeout=timeout + 5,
         )
         self.port_file.write_text(str(port))
@@ -163,7 +170,17 @@ class EmbeddedPostgres:
             return
         try:
             self._run(
-                [str(_bin_path() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", str(int(timeout)), "stop"],
+                [
+                    str(_bin_path() / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-m",
+                    mode,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "stop",
+                ],
                 timeout=timeout + 5,
             )
         except subprocess.SubprocessError:

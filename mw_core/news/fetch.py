@@ -167,7 +167,7 @@ async def fetch_feed(
     *,
     etag: str | None = None,
     last_modified: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,  # noqa: ASYNC109 - a total deadline, enforced inside
+    timeout: float = DEFAULT_TIMEOUT_S,
     max_bytes: int = MAX_BYTES,
 ) -> FetchResult:
     """Fetch one feed with a conditional GET (or read it from disk). Never raises for I/O errors.
@@ -261,7 +261,7 @@ async def fetch_all(
     cursor: Mapping[str, Mapping[str, str | None]] | None = None,
     *,
     client: httpx.AsyncClient | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,  # noqa: ASYNC109 - a total deadline, enforced inside
+    timeout: float = DEFAULT_TIMEOUT_S,
     concurrency: int = DEFAULT_CONCURRENCY,
     max_bytes: int = MAX_BYTES,
 ) -> list[FetchResult]:
@@ -322,7 +322,7 @@ async def collect(
     symbols: Sequence[str],
     cursor: Mapping[str, Mapping[str, str | None]] | None = None,
     client: httpx.AsyncClient | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,  # noqa: ASYNC109 - a total deadline, enforced inside
+    timeout: float = DEFAULT_TIMEOUT_S,
     concurrency: int = DEFAULT_CONCURRENCY,
 ) -> list[SourceResult]:
     """Fetch and parse every source; one `SourceResult` per distinct source, in input order.

@@ -20,7 +20,7 @@ from mw_core.processor import Processor
 from mw_dagster.assets.alerts import alert_enrichments
 from mw_dagster.assets.infra import db_schema, prices
 from mw_dagster.assets.markets import price_anomalies
-from mw_dagster.assets.news import headlines
+from mw_dagster.assets.news import AllFeedsFailed, headlines
 from mw_dagster.checks import (
     headlines_duplicate_rate,
     headlines_freshness,
@@ -269,16 +269,21 @@ def test_headlines_store_publish_and_report_per_feed(
 
 
 def test_headlines_fail_when_every_feed_fails(postgres: PostgresResource) -> None:
+    """Every feed down = our network: the asset raises, and its RetryPolicy retries the run.
+
+    Invoked directly (one attempt) so the test does not sit through the policy's backoff.
+    """
     with FeedServer() as server:
         url = server.add("/gone.xml", Status(404))
-        result = dg.materialize(
-            [headlines],
-            resources={"postgres": postgres, "kafka": KafkaResource(), "rss": RSSResource(feeds=url)},
-            raise_on_error=False,
-            # Retries are the policy's job in production; here one attempt shows the failure.
-            tags={"dagster/max_retries": "0"},
-        )
-    assert not result.success
+        with pytest.raises(AllFeedsFailed, match="HTTP 404"):
+            headlines(
+                dg.build_asset_context(),
+                postgres=postgres,
+                kafka=KafkaResource(),
+                rss=RSSResource(feeds=url),
+            )
+    policy = headlines.op.retry_policy
+    assert policy is not None and policy.max_retries == 3 and policy.jitter == dg.Jitter.PLUS_MINUS
 
 
 # --- alerts -----------------------------------------------------------------------------------------

@@ -112,7 +112,8 @@ class FaultyBinanceServer(BinanceServer):
         if path == "/api/v3/klines" and self.rest_faults:
             status = self.rest_faults.pop(0)
             headers = {"Retry-After": self.retry_after} if status in (418, 429) and self.retry_after else {}
-            answer = RestResponse.error(status, -1003, "Too many requests; injected fault.", headers)
+            msg = "Too many requests; injected fault." if status in (418, 429) else "Injected server error."
+            answer = RestResponse.error(status, -1003 if status in (418, 429) else -1001, msg, headers)
         else:
             answer = await super().handle_rest(path, params)
         self.rest_calls.append(RestCall(time.monotonic(), path, dict(params), answer.status))

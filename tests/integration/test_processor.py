@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterable
 
 import asyncpg
@@ -21,8 +20,16 @@ pytestmark = pytest.mark.integration
 T0 = 1_722_816_000_000  # 2024-08-05 00:00 UTC
 
 
-def walk(symbol: str, n: int, *, start: float = 100.0, step_ms: int = 1000, t0: int = T0,
-         jump_at: int | None = None, jump: float = 0.0) -> list[Tick]:
+def walk(
+    symbol: str,
+    n: int,
+    *,
+    start: float = 100.0,
+    step_ms: int = 1000,
+    t0: int = T0,
+    jump_at: int | None = None,
+    jump: float = 0.0,
+) -> list[Tick]:
     """A deterministic gentle zig-zag with an optional jump (fraction) at index `jump_at`."""
     out, price = [], start
     for i in range(n):
@@ -33,7 +40,9 @@ def walk(symbol: str, n: int, *, start: float = 100.0, step_ms: int = 1000, t0: 
     return out
 
 
-async def produce(settings: Settings, ticks: Iterable[Tick], raw: Iterable[tuple[bytes | None, bytes]] = ()) -> None:
+async def produce(
+    settings: Settings, ticks: Iterable[Tick], raw: Iterable[tuple[bytes | None, bytes]] = ()
+) -> None:
     await bus.ensure_topics(settings)
     producer = bus.producer(settings)
     await producer.start()
@@ -49,11 +58,15 @@ async def produce(settings: Settings, ticks: Iterable[Tick], raw: Iterable[tuple
 
 
 async def consume_all(settings: Settings, topic: str, *, expect: int, timeout: float = 10.0) -> list[dict]:
+    # No consumer group: assign all partitions directly (no group-join delay).
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, group_id=f"t-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
+    consumer.assign([TopicPartition(topic, 0)])  # alerts / dlq have one partition
     out: list[dict] = []
     try:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -140,8 +153,16 @@ async def test_bad_records_go_to_dlq_with_reasons_and_processing_continues(setti
     dlq = await consume_all(settings, settings.topic_dlq, expect=len(bad))
     reasons = sorted(d["reason"] for d in dlq)
     assert reasons == sorted(
-        ["malformed_json", "missing_field", "bad_price", "bad_price", "malformed_json", "bad_ts",
-         "bad_symbol", "not_an_object"]
+        [
+            "malformed_json",
+            "missing_field",
+            "bad_price",
+            "bad_price",
+            "malformed_json",
+            "bad_ts",
+            "bad_symbol",
+            "not_an_object",
+        ]
     )
     n = await fetch(settings, "SELECT count(*) AS n FROM prices WHERE price <= 0 OR price > 1e9")
     assert n[0]["n"] == 0

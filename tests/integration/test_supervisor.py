@@ -4,6 +4,7 @@ status.json, second-instance detection and `down` from another process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -174,8 +175,18 @@ def test_ordered_start_health_gating_reverse_stop_no_orphans(
             address=f"http://127.0.0.1:{web_port}",
         ),
         # b listens only after 0.5 s: c must not start before b's port health check passes.
-        spec(child, "b", events, f"require={web_port}", f"port={b_port}", "delay=0.5",
-             "grandchild=1", "escapee=1", f"kids={kids}", health=("127.0.0.1", b_port)),
+        spec(
+            child,
+            "b",
+            events,
+            f"require={web_port}",
+            f"port={b_port}",
+            "delay=0.5",
+            "grandchild=1",
+            "escapee=1",
+            f"kids={kids}",
+            health=("127.0.0.1", b_port),
+        ),
         spec(child, "c", events, f"require={b_port}", "grace=0.3", health=lambda: True),
     ]
     sup = make_sup(specs)
@@ -260,11 +271,13 @@ def test_startup_failure_stops_what_started(
     child: Path, events: Path, make_sup: Callable[..., Supervisor]
 ) -> None:
     port = free_port()
-    sup = make_sup([
-        spec(child, "ok", events),
-        spec(child, "bad", events, f"require={port}"),  # nothing listens there: exits 3
-        spec(child, "never", events),
-    ])
+    sup = make_sup(
+        [
+            spec(child, "ok", events),
+            spec(child, "bad", events, f"require={port}"),  # nothing listens there: exits 3
+            spec(child, "never", events),
+        ]
+    )
     with pytest.raises(StartupError) as info:
         sup.start()
     assert info.value.component == "bad"
@@ -290,7 +303,9 @@ def test_sigterm_ignoring_child_is_killed_within_budget(
 
 
 @pytest.fixture
-def running_stack(tmp_path: Path, child: Path, events: Path, state: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_stack(
+    tmp_path: Path, child: Path, events: Path, state: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     main = tmp_path / "sup_main.py"
     main.write_text(SUPERVISOR_MAIN)
     proc = subprocess.Popen(
@@ -316,6 +331,17 @@ def running_stack(tmp_path: Path, child: Path, events: Path, state: Path) -> Ite
     down(state, timeout=5)
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI configures the root logger onto CliRunner's streams; put pytest's handlers back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_second_instance_detected_and_down_from_another_process(
     running_stack: subprocess.Popen[bytes], state: Path, events: Path
 ) -> None:
@@ -366,7 +392,9 @@ def test_second_instance_detected_and_down_from_another_process(
     assert "no Market Watch stack running" in result.output
 
 
-def test_down_cleans_up_after_a_killed_supervisor(running_stack: subprocess.Popen[bytes], state: Path) -> None:
+def test_down_cleans_up_after_a_killed_supervisor(
+    running_stack: subprocess.Popen[bytes], state: Path
+) -> None:
     st = read_status(state)
     assert st is not None
     children = [c["pid"] for c in st["components"]]

@@ -62,8 +62,13 @@ def test_sql_is_never_built_with_fstrings_or_format() -> None:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.JoinedStr):
-                text = "".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str))
-                if any(k in text.upper() for k in keywords) and "CREATE DATABASE" not in text.upper() \
-                        and "INTERVAL" not in text.upper():
+                text = "".join(
+                    v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)
+                )
+                if (
+                    any(k in text.upper() for k in keywords)
+                    and "CREATE DATABASE" not in text.upper()
+                    and "INTERVAL" not in text.upper()
+                ):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []

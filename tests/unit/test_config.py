@@ -40,7 +40,9 @@ def test_csv_lists_and_overrides_from_env(monkeypatch: pytest.MonkeyPatch) -> No
         ("MW_PRICES_PARTITIONS", "0"),
     ],
 )
-def test_invalid_values_fail_naming_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+def test_invalid_values_fail_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError) as err:
         load_settings()

@@ -1,0 +1,193 @@
+"""Tier 3: sensors, schedules and the maintenance job, evaluated against real servers.
+
+Sensors run through `dg.build_sensor_context(cursor=..., instance=...)`; the assertions are on the
+run requests and the new cursor. Feeds come from the local feed server, rows from the test database.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from mw_core import db
+from mw_core.models import Anomaly, Tick
+from mw_dagster.assets.news import headlines
+from mw_dagster.definitions import defs
+from mw_dagster.health import report_service_health
+from mw_dagster.jobs import maintenance_job
+from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource
+from sensors.anomalies import new_anomalies_sensor
+from sensors.health import service_health_sensor
+from sensors.rss import RSSCursor, rss_poll_sensor, run_key_for
+from tests.dagster.conftest import insert_ticks
+from tests.dagster.test_assets import rss
+from tests.fakes.feeds import Feed, FeedServer, Status
+
+pytestmark = pytest.mark.integration
+
+
+def _tick(
+    sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None, **resources: object
+) -> dg.SensorResult:
+    context = dg.build_sensor_context(cursor=cursor, instance=instance, resources=resources)
+    result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def _skip(result: dg.SensorResult) -> str:
+    return result.skip_reason.skip_message if result.skip_reason else ""
+
+
+# --- rss_poll_sensor --------------------------------------------------------------------------------
+
+
+def test_rss_sensor_requests_new_items_then_skips_on_304(postgres: PostgresResource) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    with FeedServer() as server:
+        feed = server.add("/a.xml", Feed(rss(("n1", "Bitcoin dips"), ("n2", "Ether rises"))))
+        broken = server.add("/down.xml", Status(503))
+        res = {"postgres": postgres, "rss": RSSResource(feeds=f"{feed},{broken}", timeout_s=5)}
+
+        # First tick: both items are new -> one run, keyed by the hash of their ids.
+        first = _tick(rss_poll_sensor, instance, None, **res)
+        assert len(first.run_requests or []) == 1
+        cursor = RSSCursor.loads(first.cursor)
+        ids = cursor.feeds[feed].seen
+        assert len(ids) == 2
+        assert first.run_requests[0].run_key == run_key_for(ids)  # type: ignore[index]
+        assert cursor.feeds[feed].etag and cursor.feeds[feed].last_modified
+        assert cursor.pending_ids == ids
+        assert broken in cursor.feeds and cursor.feeds[broken].etag is None
+
+        # Second tick with that cursor: conditional GET -> 304 -> skip; the broken feed is named.
+        second = _tick(rss_poll_sensor, instance, first.cursor, **res)
+        assert not second.run_requests
+        reason = _skip(second)
+        assert "1 not modified" in reason and "down.xml" in reason and "503" in reason
+        assert server.requests_to("/a.xml")[-1].headers["if-none-match"] == cursor.feeds[feed].etag
+
+        # The requested run stores the items -> the next tick forgets them.
+        dg.materialize(
+            [headlines],
+            resources={"postgres": postgres, "kafka": KafkaResource(), "rss": RSSResource(feeds=feed)},
+        )
+        third = _tick(rss_poll_sensor, instance, second.cursor, **res)
+        assert not third.run_requests and RSSCursor.loads(third.cursor).pending_ids == []
+
+        # A new item -> a run for just that id.
+        server.set_body("/a.xml", rss(("n3", "Solana news"), ("n1", "Bitcoin dips"), ("n2", "Ether rises")))
+        fourth = _tick(rss_poll_sensor, instance, third.cursor, **res)
+        assert len(fourth.run_requests or []) == 1
+        new = RSSCursor.loads(fourth.cursor).pending_ids
+        assert new == ["https://news.example/n3"]
+        assert fourth.run_requests[0].run_key == run_key_for(new)  # type: ignore[index]
+
+
+def test_rss_sensor_re_requests_after_a_failed_run(postgres: PostgresResource) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+
+    @dg.asset
+    def boom() -> None:
+        raise RuntimeError("simulated run failure")
+
+    with FeedServer() as server:
+        feed = server.add("/a.xml", Feed(rss(("x1", "Bitcoin dips"))))
+        res = {"postgres": postgres, "rss": RSSResource(feeds=feed, timeout_s=5)}
+        first = _tick(rss_poll_sensor, instance, None, **res)
+        key = first.run_requests[0].run_key  # type: ignore[index]
+        assert key is not None
+        # The run the sensor asked for failed (same run key tag as a sensor-launched run).
+        dg.materialize([boom], instance=instance, tags={"dagster/run_key": key}, raise_on_error=False)
+        second = _tick(rss_poll_sensor, instance, first.cursor, **res)
+    assert len(second.run_requests or []) == 1
+    assert second.run_requests[0].run_key == f"{key}-retry1"  # type: ignore[index]
+    assert json.loads(second.cursor or "{}")["pending"]["attempt"] == 1
+
+
+def test_rss_sensor_without_feeds_skips(postgres: PostgresResource, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MW_RSS_FEEDS", "")
+    result = _tick(
+        rss_poll_sensor, dg.DagsterInstance.ephemeral(), "not json", postgres=postgres, rss=RSSResource()
+    )
+    assert not result.run_requests and "no feeds configured" in _skip(result)
+
+
+# --- new_anomalies_sensor ---------------------------------------------------------------------------
+
+
+def test_new_anomalies_sensor_walks_the_id_cursor(postgres: PostgresResource) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    t0 = 1722820259999
+    batch = [Anomaly(s, t0, 60, -0.03, "down", 100.0, 0.02) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+    postgres.run(lambda pool: db.write_batch(pool, [], [], batch))
+
+    first = _tick(new_anomalies_sensor, instance, None, postgres=postgres)
+    assert [r.run_key for r in first.run_requests or []] == ["anomalies-1-3"]
+    assert first.cursor == "3"
+
+    idle = _tick(new_anomalies_sensor, instance, first.cursor, postgres=postgres)
+    assert not idle.run_requests and idle.cursor == "3" and "after id 3" in _skip(idle)
+
+    late = Anomaly("BTCUSDT", t0 + 120_000, 300, 0.05, "up", 105.0, 0.03)
+    postgres.run(lambda pool: db.write_batch(pool, [], [], [late]))
+    nxt = _tick(new_anomalies_sensor, instance, idle.cursor, postgres=postgres)
+    assert [r.run_key for r in nxt.run_requests or []] == ["anomalies-4-4"] and nxt.cursor == "4"
+
+
+# --- health -----------------------------------------------------------------------------------------
+
+
+def test_service_health_sensor_observes_price_flow(postgres: PostgresResource) -> None:
+    now = int(time.time() * 1000)
+    insert_ticks(postgres, [Tick("BTCUSDT", now - i * 1000, 60000.0) for i in range(30)])
+    result = _tick(service_health_sensor, dg.DagsterInstance.ephemeral(), None, postgres=postgres)
+    assert not result.run_requests
+    (event,) = result.asset_events
+    assert event.asset_key == dg.AssetKey("service_health")
+    meta = {k: v.value for k, v in event.metadata.items()}
+    assert meta["status"] == "ok" and meta["ticks_last_60s"] == 30 and meta["symbols_flowing"] == 1
+
+
+def test_report_service_health_into_an_instance() -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    report_service_health(instance, service="processor", status="degraded", metrics={"lag": 12, "bad": [1]})  # type: ignore[dict-item]
+    records = instance.fetch_observations(dg.AssetKey("service_health"), limit=1).records
+    assert records
+    obs = records[0].asset_observation
+    assert obs is not None
+    meta = {k: v.value for k, v in obs.metadata.items()}
+    assert meta["service"] == "processor" and meta["status"] == "degraded" and meta["lag"] == 12
+    assert "bad" not in meta  # only scalars are reported
+
+
+# --- schedules and maintenance ----------------------------------------------------------------------
+
+
+def test_price_anomalies_schedule_targets_the_day_that_just_ended() -> None:
+    schedule = defs.resolve_schedule_def("price_anomalies_schedule")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2024, 8, 6, 0, 15, tzinfo=UTC))
+    data = schedule.evaluate_tick(context)
+    assert [r.partition_key for r in data.run_requests or []] == ["2024-08-05"]
+
+
+def test_maintenance_job_deletes_old_runs() -> None:
+    instance = dg.DagsterInstance.ephemeral()
+
+    @dg.asset
+    def trivial() -> None:
+        return None
+
+    dg.materialize([trivial], instance=instance)
+    assert len(instance.get_run_records()) == 1
+    result = maintenance_job.execute_in_process(
+        instance=instance,
+        run_config={"ops": {"purge_dagster_history": {"config": {"run_retention_days": 0}}}},
+    )
+    assert result.success
+    assert result.output_for_node("purge_dagster_history") == 1
+    assert [r.dagster_run.job_name for r in instance.get_run_records()] == ["maintenance_job"]
