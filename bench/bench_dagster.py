@@ -89,7 +89,10 @@ def run(server_url: str, *, symbols: int, minutes: int, seed: int) -> float:
         started = time.perf_counter()
         result = dg.materialize([price_anomalies], resources={"postgres": postgres}, partition_key=DAY)
         elapsed = time.perf_counter() - started
-        meta = {k: v.value for k, v in result.asset_materializations_for_node("price_anomalies")[0].metadata.items()}
+        meta = {
+            k: v.value
+            for k, v in result.asset_materializations_for_node("price_anomalies")[0].metadata.items()
+        }
         print(
             f"price_anomalies[{DAY}]: {meta['rows_scanned']:,} rows scanned ({meta['warmup_rows']:,} warm-up), "
             f"{meta['symbols']} symbols, {meta['anomalies_found']} anomalies"

@@ -249,3 +249,7 @@ def main() -> None:
 
 
 __all__ = ["Path", "app", "main", "redact_url", "time"]
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ id range in the run key, so a re-evaluated tick never launches the same run twic
 
 from __future__ import annotations
 
+import asyncpg
 import dagster as dg
 from dagster import SensorEvaluationContext
 
@@ -37,7 +38,13 @@ def new_anomalies_sensor(
     postgres: PostgresResource,
 ) -> dg.SensorResult:
     after = parse_cursor(context.cursor)
-    rows = postgres.anomalies_after(after_id=after, limit=BATCH)
+    try:
+        rows = postgres.anomalies_after(after_id=after, limit=BATCH)
+    except asyncpg.UndefinedTableError:
+        # A fresh database: nothing can be new before the schema exists (db_schema / the processor).
+        return dg.SensorResult(
+            skip_reason="schema not applied yet (materialize db_schema)", cursor=str(after)
+        )
     if not rows:
         return dg.SensorResult(skip_reason=f"no anomalies after id {after}", cursor=str(after))
     first, last = rows[0][0], rows[-1][0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import asyncpg
 import dagster as dg
 from dagster import SensorEvaluationContext
 
@@ -29,7 +30,15 @@ def service_health_sensor(
     postgres: PostgresResource,
 ) -> dg.SensorResult:
     now = int(time.time() * 1000)
-    flow = postgres.price_flow(now_ms=now, window_s=60)
+    try:
+        flow = postgres.price_flow(now_ms=now, window_s=60)
+    except (OSError, asyncpg.PostgresError) as exc:
+        # No database, or no schema yet: that IS the health information (prices are not flowing).
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        return dg.SensorResult(
+            asset_events=[observation(service="prices", status="down", metrics={"error": reason})],
+            skip_reason=f"prices down: {reason}",
+        )
     status, metrics = flow_metrics(flow, now_ms=now)
     context.log.info("price flow %s: %s", status, metrics)
     return dg.SensorResult(

@@ -58,7 +58,9 @@ async def _fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def _consume(settings: Settings, topic: str, *, expect: int, timeout: float = 10.0) -> list[dict[str, object]]:
+async def _consume(
+    settings: Settings, topic: str, *, expect: int, timeout: float = 10.0
+) -> list[dict[str, object]]:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -151,7 +153,9 @@ def test_crash_day_batch_agrees_with_the_stream(settings: Settings, db_url: str)
     assert {r["partition_key"] for r in rows} == {CRASH_DAY}
 
 
-def test_backfill_without_stream_is_idempotent_and_uses_warmup(postgres: PostgresResource, db_url: str) -> None:
+def test_backfill_without_stream_is_idempotent_and_uses_warmup(
+    postgres: PostgresResource, db_url: str
+) -> None:
     # Two days of BTC: the 18th (calm) after the 5th would be a different day, so use the 5th
     # and check the 15-minute warm-up across midnight with the 4th's last ticks shifted in.
     ticks = kline_ticks("BTCUSDT")
@@ -177,7 +181,9 @@ def test_backfill_without_stream_is_idempotent_and_uses_warmup(postgres: Postgre
 
     # The check flags the disagreement as an ERROR.
     check_run = dg.materialize(
-        [price_anomalies, price_anomalies_agreement], resources={"postgres": postgres}, partition_key=CRASH_DAY
+        [price_anomalies, price_anomalies_agreement],
+        resources={"postgres": postgres},
+        partition_key=CRASH_DAY,
     )
     evaluation = _checks(check_run)["price_anomalies_agreement"]
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
@@ -186,7 +192,9 @@ def test_backfill_without_stream_is_idempotent_and_uses_warmup(postgres: Postgre
 def test_partition_without_stream_anomalies_warns(postgres: PostgresResource) -> None:
     insert_ticks(postgres, kline_ticks("ADAUSDT"))
     result = dg.materialize(
-        [price_anomalies, price_anomalies_agreement], resources={"postgres": postgres}, partition_key=CRASH_DAY
+        [price_anomalies, price_anomalies_agreement],
+        resources={"postgres": postgres},
+        partition_key=CRASH_DAY,
     )
     assert int(_meta(result, "price_anomalies")["anomalies_found"]) > 0  # type: ignore[call-overload]
     evaluation = _checks(result)["price_anomalies_agreement"]
@@ -247,7 +255,9 @@ def test_headlines_store_publish_and_report_per_feed(
             "kafka": KafkaResource(bootstrap=settings.kafka_bootstrap, topic_news=settings.topic_news),
             "rss": RSSResource(feeds=",".join([good, dup, broken]), timeout_s=5),
         }
-        first = dg.materialize([headlines, headlines_freshness, headlines_duplicate_rate], resources=resources)
+        first = dg.materialize(
+            [headlines, headlines_freshness, headlines_duplicate_rate], resources=resources
+        )
         second = dg.materialize([headlines], resources=resources)
 
     m1, m2 = _meta(first, "headlines"), _meta(second, "headlines")
@@ -265,7 +275,11 @@ def test_headlines_store_publish_and_report_per_feed(
     assert checks["headlines_duplicate_rate"].passed
 
     published = asyncio.run(_consume(settings, settings.topic_news, expect=3))
-    assert sorted(str(m["title"]) for m in published) == ["Bitcoin falls 5% | crash", "ETH rallies", "SOL news"]
+    assert sorted(str(m["title"]) for m in published) == [
+        "Bitcoin falls 5% | crash",
+        "ETH rallies",
+        "SOL news",
+    ]
 
 
 def test_headlines_fail_when_every_feed_fails(postgres: PostgresResource) -> None:

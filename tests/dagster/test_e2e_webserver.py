@@ -61,7 +61,7 @@ TICKS_QUERY = """
 query Ticks($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
-    ... on Sensor { sensorState { status ticks(limit: 50) { id status timestamp error { message } } } }
+    ... on Sensor { sensorState { status ticks(limit: 50) { id status timestamp error { message causes { message } } } } }
   }
 }
 """
@@ -135,7 +135,9 @@ def dagster_stack(pg_server_url: str, db_url: str, tmp_path: Path) -> Iterator[s
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MW_", "DAGSTER_"))}
     env.update(
         DAGSTER_HOME=str(home),
-        DAGSTER_PG_URL=_with_database(pg_server_url, dagster_db).replace("postgresql://", "postgresql+psycopg2://", 1),
+        DAGSTER_PG_URL=_with_database(pg_server_url, dagster_db).replace(
+            "postgresql://", "postgresql+psycopg2://", 1
+        ),
         MW_DATABASE_URL=db_url,
         MW_RSS_FEEDS="",  # no internet: the RSS sensor just skips
         MW_LLM_PROVIDER="template",
@@ -180,7 +182,9 @@ def dagster_stack(pg_server_url: str, db_url: str, tmp_path: Path) -> Iterator[s
 
 
 def _tail(logs: Path) -> str:
-    return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in sorted(logs.iterdir()))
+    return "\n".join(
+        f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in sorted(logs.iterdir())
+    )
 
 
 def _wait_run(client: DagsterGraphQLClient, run_id: str, timeout: float = 150) -> DagsterRunStatus:
@@ -240,13 +244,16 @@ def test_launch_db_schema_through_graphql_and_read_it_back(dagster_stack: str) -
             time.sleep(1)
         ticks[sensor] = found
     # Under the daemon (resources injected by the code server) every sensor evaluates cleanly.
-    assert {t["status"] for ts in ticks.values() for t in ts} == {"SKIPPED"}, ticks
+    errors = [str(t["error"]) for ts in ticks.values() for t in ts if t["error"]]
+    assert {t["status"] for ts in ticks.values() for t in ts} == {"SKIPPED"}, "\n".join(errors)
     before = ticks["new_anomalies_sensor"]
     purge_id = client.submit_job_execution(
         "maintenance_job",
         repository_location_name=LOCATION,
         repository_name="__repository__",
-        run_config={"ops": {"purge_dagster_history": {"config": {"tick_retention_days": 0, "run_retention_days": 0}}}},
+        run_config={
+            "ops": {"purge_dagster_history": {"config": {"tick_retention_days": 0, "run_retention_days": 0}}}
+        },
     )
     assert _wait_run(client, purge_id) == DagsterRunStatus.SUCCESS
     remaining = {t["id"] for t in _sensor_ticks(url, "new_anomalies_sensor")}

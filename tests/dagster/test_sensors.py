@@ -191,3 +191,16 @@ def test_maintenance_job_deletes_old_runs() -> None:
     assert result.success
     assert result.output_for_node("purge_dagster_history") == 1
     assert [r.dagster_run.job_name for r in instance.get_run_records()] == ["maintenance_job"]
+
+
+def test_sensors_on_a_database_without_schema_skip_or_report_down(db_url: str) -> None:
+    """The daemon ticks sensors before anyone applied the schema: no FAILURE ticks for that."""
+    bare = PostgresResource(database_url=db_url)
+    instance = dg.DagsterInstance.ephemeral()
+    anomalies = _tick(new_anomalies_sensor, instance, None, postgres=bare)
+    assert not anomalies.run_requests and "schema not applied" in _skip(anomalies)
+    health = _tick(service_health_sensor, instance, None, postgres=bare)
+    (event,) = health.asset_events
+    assert event.metadata["status"].value == "down" and "UndefinedTableError" in str(
+        event.metadata["error"].value
+    )

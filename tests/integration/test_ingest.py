@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from websockets.asyncio.client import connect
 
 from mw_core.binance_server import BinanceServer
@@ -56,7 +56,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
 
 async def consume(settings: Settings, topic: str, *, expect: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=f"t-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
@@ -65,6 +64,10 @@ async def consume(settings: Settings, topic: str, *, expect: int, timeout: float
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
+        # Explicit assignment: a fresh group has no offsets (-> earliest) and skips the join round.
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
