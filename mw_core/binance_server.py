@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -320,7 +320,7 @@ class BinanceServer:
                 await self._server.wait_closed()
             self._server = None
 
-    async def __aenter__(self) -> BinanceServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

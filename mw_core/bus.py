@@ -72,6 +72,8 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides
         "session_timeout_ms": 6_000,
         "heartbeat_interval_ms": 500,
         "rebalance_timeout_ms": 5_000,
+        # Low fetch wait: the broker answers as soon as data exists or after 20 ms (latency).
+        "fetch_max_wait_ms": 20,
     }
     opts.update(overrides)
     return AIOKafkaConsumer(*topics, **client_options(settings), **opts)

@@ -72,14 +72,46 @@ def validate_tick(tick: Tick, *, now_ms: int, max_price: float = 1e9) -> Tick:
     return tick
 
 
+# Symbols already validated once; bounded so hostile input cannot grow it without limit.
+_KNOWN_SYMBOLS: set[str] = set()
+_KNOWN_SYMBOLS_MAX = 100_000
+_OPTIONAL = ("open", "high", "low", "base_volume", "quote_volume")
+
+
 def decode_tick(key: bytes | None, value: bytes | None, *, now_ms: int, max_price: float = 1e9) -> Tick:
-    """Decode and validate one `prices` record. Raises `BadMessage` with a reason."""
+    """Decode and validate one `prices` record. Raises `BadMessage` with a reason.
+
+    The common case (a well-formed record of a known symbol) takes a fast path with the same
+    acceptance rules; anything unusual falls through to the full, reason-giving validation.
+    """
     if value is None:
         raise BadMessage("empty", "null value")
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise BadMessage("malformed_json", str(exc)[:120]) from None
+    if type(obj) is dict:
+        symbol = obj.get("symbol")
+        price = obj.get("price")
+        ts = obj.get("ts")
+        source = obj.get("source", "external")
+        if (
+            type(symbol) is str
+            and symbol in _KNOWN_SYMBOLS
+            and type(ts) is int
+            and (type(price) is float or type(price) is int)
+            and 0 < price <= max_price  # JSON has no NaN/inf, orjson rejects them
+            and MIN_TS_MS <= ts <= now_ms + MAX_FUTURE_MS
+            and type(source) is str
+            and len(source) <= 32
+        ):
+            o, h, lo, bv, qv = (obj.get(name) for name in _OPTIONAL)
+            if all(v is None or type(v) is float for v in (o, h, lo, bv, qv)):
+                return Tick(symbol, ts, float(price), o, h, lo, bv, qv, source)
+    return _decode_slow(obj, key, now_ms=now_ms, max_price=max_price)
+
+
+def _decode_slow(obj: Any, key: bytes | None, *, now_ms: int, max_price: float) -> Tick:
     if not isinstance(obj, dict):
         raise BadMessage("not_an_object", type(obj).__name__)
     symbol = obj.get("symbol")
@@ -117,7 +149,10 @@ def decode_tick(key: bytes | None, value: bytes | None, *, now_ms: int, max_pric
         quote_volume=_opt_float(obj.get("quote_volume")),
         source=source if isinstance(source, str) and len(source) <= 32 else "external",
     )
-    return validate_tick(tick, now_ms=now_ms, max_price=max_price)
+    tick = validate_tick(tick, now_ms=now_ms, max_price=max_price)
+    if len(_KNOWN_SYMBOLS) < _KNOWN_SYMBOLS_MAX:
+        _KNOWN_SYMBOLS.add(tick.symbol)
+    return tick
 
 
 def encode_tick(tick: Tick) -> tuple[bytes, bytes]:

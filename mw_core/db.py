@@ -159,8 +159,10 @@ _TIMESCALE_SQL = [
 ]
 
 _PORTABLE_SQL = [
-    "CREATE INDEX IF NOT EXISTS prices_ts_idx ON prices (ts)",
-    "CREATE INDEX IF NOT EXISTS metrics_ts_idx ON metrics (ts)",
+    # BRIN: ticks arrive in time order, so a block-range index serves time-range scans at a
+    # fraction of a btree's write cost (the (symbol, ts) primary key serves per-symbol reads).
+    "CREATE INDEX IF NOT EXISTS prices_ts_brin ON prices USING brin (ts)",
+    "CREATE INDEX IF NOT EXISTS metrics_ts_brin ON metrics USING brin (ts)",
     """
     CREATE OR REPLACE VIEW prices_1m AS
         SELECT symbol, date_bin(INTERVAL '1 minute', ts, TIMESTAMPTZ '2000-01-01') AS bucket,
@@ -178,9 +180,25 @@ class SchemaInfo:
     applied: tuple[int, ...]  # migrations applied by this call
 
 
+# Per-connection staging table for COPY: ticks are COPYed in (binary, no per-row SQL), then moved
+# into `prices` with ON CONFLICT DO NOTHING in the same transaction. Column order = `Tick` fields.
+_STAGE_PRICES = """
+CREATE TEMP TABLE IF NOT EXISTS prices_stage (
+    symbol text, t int8, price float8, open float8, high float8, low float8,
+    base_volume float8, quote_volume float8, source text
+) ON COMMIT DELETE ROWS
+"""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(_STAGE_PRICES)
+
+
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
     """An asyncpg pool. The URL may carry a password; it is never logged."""
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=60)
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, command_timeout=60, init=_init_connection
+    )
     assert pool is not None
     return pool
 
@@ -271,8 +289,32 @@ ON CONFLICT (symbol, ts, window_s) DO NOTHING
 MetricRow = tuple[str, int, int, float | None, float | None, int]  # symbol, ts ms, window, ret, vol, n
 
 
+_MOVE_STAGED = """
+INSERT INTO prices (symbol, ts, price, open, high, low, base_volume, quote_volume, source)
+SELECT symbol, timestamptz 'epoch' + t * interval '1 millisecond', price, open, high, low,
+       base_volume, quote_volume, source
+FROM prices_stage
+"""
+_MOVE_STAGED_PRICES = _MOVE_STAGED + "ON CONFLICT (symbol, ts) DO NOTHING"
+
+
 async def insert_ticks(conn: asyncpg.Connection, ticks: Sequence[Tick]) -> None:
+    """Bulk insert, idempotent. Must run inside a transaction (the staging table empties on commit).
+
+    Large batches go through COPY into the staging table; small ones through `unnest`.
+    """
     if not ticks:
+        return
+    if len(ticks) >= 256:
+        await conn.execute(_STAGE_PRICES)  # no-op on pooled connections (created at connect)
+        await conn.copy_records_to_table("prices_stage", records=ticks)
+        # A plain INSERT is ~1.5x faster than ON CONFLICT's speculative insertion, and conflicts
+        # only happen when a batch is replayed after a crash: try it in a savepoint first.
+        try:
+            async with conn.transaction():
+                await conn.execute(_MOVE_STAGED)
+        except asyncpg.UniqueViolationError:
+            await conn.execute(_MOVE_STAGED_PRICES)
         return
     await conn.execute(
         _INSERT_PRICES,

@@ -1,6 +1,6 @@
 """Domain records shared by ingest, processor, Dagster and the CLI.
 
-Contract: frozen, slotted dataclasses with plain types. Timestamps are integer epoch
+Contract: immutable records (frozen, slotted dataclasses; `Tick` is a NamedTuple) of plain types. Timestamps are integer epoch
 milliseconds (UTC) on the hot path (ticks, window math) and converted to timezone-aware
 `datetime` only at the database / presentation edge (`ms_to_dt`).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Direction = Literal["up", "down"]
 TickSource = Literal["ws", "rest_backfill", "replay", "external"]
@@ -27,9 +27,12 @@ def dt_to_ms(dt: datetime) -> int:
     return round(dt.timestamp() * 1000)
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """One price observation of one symbol at exchange event time `ts` (epoch ms)."""
+class Tick(NamedTuple):
+    """One price observation of one symbol at exchange event time `ts` (epoch ms).
+
+    An immutable NamedTuple rather than a frozen dataclass: it is created once per tick on the
+    processor's hot path, where tuple construction is ~4x cheaper.
+    """
 
     symbol: str
     ts: int

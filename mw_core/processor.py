@@ -68,6 +68,19 @@ class _SymbolState:
 
 
 @dataclass
+class _Prepared:
+    """A batch analysed in memory, waiting to be made durable."""
+
+    ticks: list[Tick]
+    metrics: list[db.MetricRow]
+    anomalies: list[Anomaly]
+    dead: list[DeadLetter]
+    outbox_symbols: list[str]
+    anomaly_times: dict[tuple[str, int, int], int]
+    offsets: dict[TopicPartition, int]
+
+
+@dataclass
 class ProcessorStats:
     consumed: int = 0
     stored: int = 0
@@ -88,6 +101,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.proc = proc
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # Commit what was processed before the partitions move: the new owner starts from there.
+        await self.proc._drain()
         self.proc._drop_partitions({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
@@ -114,6 +129,7 @@ class Processor:
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._queue: asyncio.Queue[_Prepared | None] | None = None
         self._max_window_s = max(settings.windows_s)
         self._tolerance_ms = settings.max_out_of_order_s * 1000
 
@@ -170,25 +186,75 @@ class Processor:
         self._stopping.set()
 
     async def run(self, *, idle_exit_s: float | None = None) -> ProcessorStats:
-        """Process until `stop()`; with `idle_exit_s`, also return after that long without records."""
+        """Process until `stop()`; with `idle_exit_s`, also return after that long without records.
+
+        Two stages overlap: while the writer task makes batch N durable (DB, DLQ, alerts, commit),
+        the loop already decodes and analyses batch N+1. The writer handles batches strictly in
+        order, so offsets are still committed only after their data is durable.
+        """
         if self._consumer is None:
             await self.start()
         assert self._consumer is not None
+        self._queue = asyncio.Queue(maxsize=1)
+        writer = asyncio.create_task(self._writer(self._queue), name="processor-writer")
         idle_since = time.monotonic()
         try:
             while not self._stopping.is_set():
                 batch = await self._consumer.getmany(
                     timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
                 )
+                if writer.done():
+                    break
                 if not batch:
                     if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
-                        break
+                        await self._drain(writer)
+                        if self._queue.empty():
+                            break
                     continue
-                await self.process_batch(batch)
+                prepared = await self.prepare_batch(batch)
+                await self._hand_over(prepared, writer)
                 idle_since = time.monotonic()
+            if not writer.done():
+                await self._queue.put(None)
+            await writer  # re-raises a writer failure
         finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(BaseException):
+                    await writer
+            self._queue = None
             await self.close()
         return self.stats
+
+    async def _hand_over(self, prepared: _Prepared, writer: asyncio.Task[None]) -> None:
+        assert self._queue is not None
+        put = asyncio.ensure_future(self._queue.put(prepared))
+        await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            await writer  # raises the writer's error
+
+    async def _drain(self, writer: asyncio.Task[None] | None = None) -> None:
+        """Wait until every handed-over batch is durable and committed."""
+        if self._queue is None:
+            return
+        join = asyncio.ensure_future(self._queue.join())
+        waiters: set[asyncio.Future[Any]] = {join}
+        if writer is not None:
+            waiters.add(writer)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not join.done():
+            join.cancel()
+
+    async def _writer(self, queue: asyncio.Queue[_Prepared | None]) -> None:
+        while True:
+            item = await queue.get()
+            try:
+                if item is None:
+                    return
+                await self.finish_batch(item)
+            finally:
+                queue.task_done()
 
     # --- the batch ------------------------------------------------------------------------------
     def _drop_partitions(self, partitions: set[int]) -> None:
@@ -221,6 +287,13 @@ class Processor:
             )
 
     async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Analyse one batch and make it durable (both stages, sequentially)."""
+        await self.finish_batch(await self.prepare_batch(batch))
+
+    async def prepare_batch(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> _Prepared:
+        """Decode, validate, rehydrate cold symbols, update windows, detect: no writes."""
         now_ms = int(time.time() * 1000)
         max_price = self.settings.max_price
         decoded: list[tuple[Tick, int, int]] = []  # tick, partition, kafka timestamp
@@ -286,23 +359,35 @@ class Processor:
         for symbol, (ts, stats) in last_stats.items():
             metrics.extend(metric_rows(symbol, ts, stats))
 
-        await self._write(ticks, metrics, anomalies)
-        if dead:
-            await self._dead_letters(dead)
-        if anomalies or cold:
-            await self._publish_outbox(sorted({a.symbol for a in anomalies} | set(cold)), anomaly_times)
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
-        await self._commit(offsets)
+        return _Prepared(
+            ticks,
+            metrics,
+            anomalies,
+            dead,
+            sorted({a.symbol for a in anomalies} | set(cold)),
+            anomaly_times,
+            offsets,
+        )
+
+    async def finish_batch(self, b: _Prepared) -> None:
+        """Make a prepared batch durable, publish its dead letters and alerts, then commit."""
+        await self._write(b.ticks, b.metrics, b.anomalies)
+        if b.dead:
+            await self._dead_letters(b.dead)
+        if b.outbox_symbols:
+            await self._publish_outbox(b.outbox_symbols, b.anomaly_times)
+        await self._commit(b.offsets)
         self.stats.batches += 1
-        self.stats.stored += len(ticks)
-        self.stats.anomalies += len(anomalies)
-        TICKS_STORED.inc(len(ticks))
-        ANOMALIES.inc(len(anomalies))
+        self.stats.stored += len(b.ticks)
+        self.stats.anomalies += len(b.anomalies)
+        TICKS_STORED.inc(len(b.ticks))
+        ANOMALIES.inc(len(b.anomalies))
         assert self._consumer is not None
-        for tp in offsets:
+        for tp, offset in b.offsets.items():
             hw = self._consumer.highwater(tp)
             if hw is not None:
-                LAG.labels(str(tp.partition)).set(max(0, hw - offsets[tp]))
+                LAG.labels(str(tp.partition)).set(max(0, hw - offset))
 
     # --- I/O with retries ------------------------------------------------------------------------
     async def _with_db_retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -47,7 +47,9 @@ async def _wait_for(predicate: Any, *, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _replay(settings: Settings, sources: Sequence[str], *, speed: str, timeout: float, progress: bool) -> ReplayResult:
+async def _replay(
+    settings: Settings, sources: Sequence[str], *, speed: str, timeout: float, progress: bool
+) -> ReplayResult:
     started = time.monotonic()
     server = BinanceServer.from_sources(list(sources), speed=speed)
     if server.total_frames == 0:
@@ -145,7 +147,12 @@ async def _replay(settings: Settings, sources: Sequence[str], *, speed: str, tim
 
 
 def run_replay(
-    settings: Settings, sources: Sequence[str], *, speed: str = "max", timeout: float = 600.0, progress: bool = False
+    settings: Settings,
+    sources: Sequence[str],
+    *,
+    speed: str = "max",
+    timeout: float = 600.0,
+    progress: bool = False,
 ) -> ReplayResult:
     """Replay kline dumps (or ``sample``) through the whole streaming pipeline; see module docstring."""
     resolve_sources(sources)  # fail fast with FileNotFoundError before starting servers

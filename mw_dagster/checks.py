@@ -30,6 +30,7 @@ HEADLINES_MAX_AGE_S = 6 * 3600  # newest headline (published, else fetched) at m
 HEADLINES_DUP_LOOKBACK_S = 24 * 3600
 MAX_HEADLINE_DUP_RATE = 0.2
 MIN_AGREEMENT = 0.9
+TABLE_ROWS = 50  # per-symbol tables show the worst symbols only (500 symbols would drown the UI)
 
 
 def _now_ms() -> int:
@@ -45,9 +46,10 @@ def prices_coverage(postgres: PostgresResource) -> dg.AssetCheckResult:
     rows = postgres.coverage(now_ms=now, lookback_s=LOOKBACK_S, symbols=settings.symbols)
     minutes = LOOKBACK_S // 60
     low = [r for r in rows if r.minutes_covered / minutes < MIN_MINUTE_COVERAGE]
+    worst = sorted(rows, key=lambda r: (r.minutes_covered, r.symbol))[:TABLE_ROWS]
     table = md_table(
         ["symbol", "ticks (1 h)", "minutes covered", "coverage"],
-        [(r.symbol, r.ticks, r.minutes_covered, f"{r.minutes_covered / minutes:.0%}") for r in rows],
+        [(r.symbol, r.ticks, r.minutes_covered, f"{r.minutes_covered / minutes:.0%}") for r in worst],
     )
     return dg.AssetCheckResult(
         passed=not low,
@@ -74,11 +76,12 @@ def prices_staleness(postgres: PostgresResource) -> dg.AssetCheckResult:
     rows = postgres.coverage(now_ms=now, lookback_s=LOOKBACK_S, symbols=settings.symbols)
     ages = {r.symbol: None if r.newest_ts is None else (now - r.newest_ts) / 1000 for r in rows}
     stale = sorted(s for s, age in ages.items() if age is None or age > MAX_STALENESS_S)
+    oldest = sorted(rows, key=lambda r: (r.newest_ts or 0, r.symbol))[:TABLE_ROWS]
     table = md_table(
         ["symbol", "newest tick (UTC)", "age"],
         [
             (r.symbol, iso_ms(r.newest_ts), "never" if ages[r.symbol] is None else f"{ages[r.symbol]:.0f} s")
-            for r in rows
+            for r in oldest
         ],
     )
     known = [a for a in ages.values() if a is not None]
@@ -149,7 +152,8 @@ def headlines_duplicate_rate(postgres: PostgresResource) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset=PRICE_ANOMALIES,
     description=(
-        "Stream (`anomalies`) and batch (`batch_anomalies`) agree on the latest materialized day: "
+        "Stream (`anomalies`) and batch (`batch_anomalies`) agree on the run's day (else the latest "
+        "materialized day): "
         "Jaccard ratio of (symbol, ts, window) keys >= 0.9."
     ),
 )
@@ -158,12 +162,17 @@ def price_anomalies_agreement(
     context: AssetCheckExecutionContext,
     postgres: PostgresResource,
 ) -> dg.AssetCheckResult:
-    materialized = context.instance.get_materialized_partitions(PRICE_ANOMALIES)
-    if not materialized:
-        return dg.AssetCheckResult(
-            passed=True, description="no partition materialized yet", metadata={"partition": ""}
-        )
-    key = max(materialized)
+    # In the partition's own run (schedule, backfill) check that partition; run alone, check the
+    # latest materialized day.
+    if context.has_partition_key:
+        key = context.partition_key
+    else:
+        materialized = context.instance.get_materialized_partitions(PRICE_ANOMALIES)
+        if not materialized:
+            return dg.AssetCheckResult(
+                passed=True, description="no partition materialized yet", metadata={"partition": ""}
+            )
+        key = max(materialized)
     start_ms, end_ms = partition_bounds_ms(price_anomalies_partitions.time_window_for_partition_key(key))
     ag = postgres.agreement(start_ms=start_ms, end_ms=end_ms)
     metadata = {

@@ -19,9 +19,15 @@ from mw_dagster.assets.infra import db_schema, prices, service_health
 from mw_dagster.assets.markets import price_anomalies
 from mw_dagster.assets.news import headlines
 from mw_dagster.checks import ALL_CHECKS
-from mw_dagster.jobs import alert_enrichments_job, headlines_job, maintenance_job, price_anomalies_job
+from mw_dagster.jobs import (
+    alert_enrichments_job,
+    headlines_job,
+    maintenance_job,
+    price_anomalies_job,
+    quality_checks_job,
+)
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, RSSResource
-from mw_dagster.schedules import maintenance_schedule, price_anomalies_schedule
+from mw_dagster.schedules import maintenance_schedule, price_anomalies_schedule, quality_checks_schedule
 from sensors import ALL_SENSORS
 
 
@@ -49,15 +55,19 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
             max_calls_per_run=int(env.get("MW_LLM_MAX_CALLS_PER_RUN", "50")),
             max_tokens_per_run=int(env.get("MW_LLM_MAX_TOKENS_PER_RUN", "50000")),
         ),
-        "rss": RSSResource(feeds=_env_or_default(env, "MW_RSS_FEEDS", "") or ""),
+        # MW_RSS_FEEDS set but blank = no feeds (Settings would fall back to its defaults).
+        "rss": RSSResource(
+            feeds=_env_or_default(env, "MW_RSS_FEEDS", "") or "",
+            enabled=not ("MW_RSS_FEEDS" in env and not env["MW_RSS_FEEDS"].strip()),
+        ),
     }
 
 
 defs = dg.Definitions(
     assets=[db_schema, service_health, prices, price_anomalies, headlines, alert_enrichments],
     asset_checks=ALL_CHECKS,
-    jobs=[price_anomalies_job, headlines_job, alert_enrichments_job, maintenance_job],
-    schedules=[price_anomalies_schedule, maintenance_schedule],
+    jobs=[price_anomalies_job, headlines_job, alert_enrichments_job, maintenance_job, quality_checks_job],
+    schedules=[price_anomalies_schedule, maintenance_schedule, quality_checks_schedule],
     sensors=ALL_SENSORS,
     resources=build_resources(),
 )

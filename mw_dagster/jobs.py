@@ -30,6 +30,14 @@ alert_enrichments_job = dg.define_asset_job(
     description="Enrich new anomalies with an LLM summary (requested by new_anomalies_sensor).",
 )
 
+# Checks of assets Dagster does not materialize (`prices` is written by the stream) and of headlines
+# between polls: run on their own schedule.
+quality_checks_job = dg.define_asset_job(
+    "quality_checks_job",
+    selection=dg.AssetSelection.checks_for_assets("prices", "headlines"),
+    description="Coverage, staleness and duplicate checks of prices and headlines.",
+)
+
 
 class MaintenanceConfig(dg.Config):
     """Retention of Dagster's own history (the `retention:` section of dagster.yaml covers the

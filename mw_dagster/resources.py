@@ -23,7 +23,7 @@ import dagster as dg
 from pydantic import Field
 
 from mw_core import db
-from mw_core.config import Settings, load_settings
+from mw_core.config import ConfigError, Settings, load_settings
 from mw_core.models import Anomaly
 from mw_dagster import store
 
@@ -166,6 +166,7 @@ class RSSResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The RSS/Atom feeds polled for headlines."""
 
     feeds: str = Field(default="", description="Feed URLs, comma-separated (MW_RSS_FEEDS). Empty: Settings.")
+    enabled: bool = Field(default=True, description="False: no feeds at all (MW_RSS_FEEDS set but blank).")
     timeout_s: float = Field(default=15.0, description="Per-feed HTTP timeout.")
 
     @property
@@ -173,6 +174,8 @@ class RSSResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return [f.strip() for f in self.feeds.split(",") if f.strip()]
 
     def settings_overrides(self) -> dict[str, Any]:
+        if not self.enabled:
+            return {"rss_feeds": []}
         return {"rss_feeds": self.feed_list} if self.feed_list else {}
 
 
@@ -183,11 +186,19 @@ def build_settings(
     llm: LLMResource | None = None,
     rss: RSSResource | None = None,
 ) -> Settings:
-    """The `Settings` for `mw_core` calls: resource fields override the ``MW_*`` environment."""
+    """The `Settings` for `mw_core` calls: resource fields override the ``MW_*`` environment.
+
+    Raises:
+        dagster.Failure: Invalid configuration, with ``allow_retries=False``: the assets' retry
+            policies are for transient errors, and a bad variable stays bad on the next attempt.
+    """
     overrides: dict[str, Any] = {}
     if postgres is not None:
         overrides["database_url"] = postgres.database_url
     for res in (kafka, llm, rss):
         if res is not None:
             overrides.update(res.settings_overrides())
-    return load_settings(**overrides)
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None

@@ -14,8 +14,10 @@ from mw_dagster.formatting import iso_ms, md_table
 from mw_dagster.pipelines import enrich_and_publish
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, build_settings
 
-# Transient failures (PostgreSQL restart, broker election, provider outage surfacing as an error):
-# retry the run after ~10 s, 20 s, 40 s (+-50 % jitter so parallel runs do not retry in lockstep).
+# LLM hiccups are handled inside mw_core (LLMClient retries, then a template fallback whose reason is
+# recorded). This policy covers the run itself failing on a transient outage (PostgreSQL restart,
+# Kafka election): ~10 s, 20 s, 40 s, +-50 % jitter so parallel runs do not retry in lockstep. Bad
+# configuration raises Failure(allow_retries=False) in build_settings and is not retried.
 ENRICH_RETRY = dg.RetryPolicy(
     max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )

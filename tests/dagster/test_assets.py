@@ -30,7 +30,7 @@ from mw_dagster.checks import (
     prices_staleness,
 )
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, RSSResource
-from tests.dagster.conftest import insert_ticks, kline_ticks
+from tests.dagster.helpers import insert_ticks, kline_ticks, rss
 from tests.fakes.feeds import Feed, FeedServer, Status
 from tests.fakes.llm import FakeLLMServer
 
@@ -53,7 +53,7 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluat
 async def _fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(url)
     try:
-        return await conn.fetch(sql, *args)
+        return list(await conn.fetch(sql, *args))
     finally:
         await conn.close()
 
@@ -191,13 +191,24 @@ def test_backfill_without_stream_is_idempotent_and_uses_warmup(
 
 def test_partition_without_stream_anomalies_warns(postgres: PostgresResource) -> None:
     insert_ticks(postgres, kline_ticks("ADAUSDT"))
+    instance = dg.DagsterInstance.ephemeral()
+    # A later, empty day is materialized first: the check must look at its own run's day.
+    later = dg.materialize(
+        [price_anomalies, price_anomalies_agreement],
+        resources={"postgres": postgres},
+        partition_key="2024-08-06",
+        instance=instance,
+    )
+    assert _checks(later)["price_anomalies_agreement"].passed
     result = dg.materialize(
         [price_anomalies, price_anomalies_agreement],
         resources={"postgres": postgres},
         partition_key=CRASH_DAY,
+        instance=instance,
     )
     assert int(_meta(result, "price_anomalies")["anomalies_found"]) > 0  # type: ignore[call-overload]
     evaluation = _checks(result)["price_anomalies_agreement"]
+    assert evaluation.metadata["partition"].value == CRASH_DAY
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
 
 
@@ -211,7 +222,12 @@ def test_price_checks_pass_for_a_live_symbol_and_warn_for_a_silent_one(
     live = [Tick("BTCUSDT", now - i * 20_000, 60000.0 + i, base_volume=float(i)) for i in range(180)]
     insert_ticks(postgres, live)
     monkeypatch.setenv("MW_SYMBOLS", "BTCUSDT")
-    all_checks = [prices, prices_coverage, prices_staleness, prices_duplicate_rate]
+    all_checks: list[dg.AssetsDefinition | dg.AssetSpec] = [
+        prices,
+        prices_coverage,
+        prices_staleness,
+        prices_duplicate_rate,
+    ]
     only_checks = dg.AssetSelection.all_asset_checks()  # `prices` is external: nothing to materialize
     checks = _checks(dg.materialize(all_checks, resources={"postgres": postgres}, selection=only_checks))
     assert checks["prices_coverage"].passed, checks["prices_coverage"].description
@@ -230,17 +246,25 @@ def test_price_checks_pass_for_a_live_symbol_and_warn_for_a_silent_one(
         assert "ETHUSDT" in (checks[name].description or "")
 
 
+def test_quality_checks_job_runs_every_data_check(
+    postgres: PostgresResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hourly job of the code location itself, resources resolved from MW_DATABASE_URL."""
+    from mw_dagster.definitions import defs
+
+    monkeypatch.setenv("MW_DATABASE_URL", postgres.database_url)
+    result = defs.resolve_job_def("quality_checks_job").execute_in_process(raise_on_error=False)
+    assert set(_checks(result)) == {
+        "prices_coverage",
+        "prices_staleness",
+        "prices_duplicate_rate",
+        "headlines_freshness",
+        "headlines_duplicate_rate",
+    }
+    assert not _checks(result)["headlines_freshness"].passed  # empty database: WARN, not a crash
+
+
 # --- news -------------------------------------------------------------------------------------------
-
-
-def rss(*items: tuple[str, str]) -> bytes:
-    now = datetime.now(tz=UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
-    body = "".join(
-        f"<item><title>{title}</title><link>https://news.example/{guid}</link><guid>https://news.example/{guid}</guid>"
-        f"<pubDate>{now}</pubDate><description>Bitcoin BTC news &lt;b&gt;bold&lt;/b&gt;</description></item>"
-        for guid, title in items
-    )
-    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{body}</channel></rss>'.encode()
 
 
 def test_headlines_store_publish_and_report_per_feed(

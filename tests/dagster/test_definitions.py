@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from mw_dagster.definitions import build_resources, defs
+from mw_dagster.resources import PostgresResource, build_settings
 
 pytestmark = pytest.mark.unit
 
@@ -53,10 +54,20 @@ def test_checks_jobs_schedules_sensors() -> None:
         ("price_anomalies", "price_anomalies_agreement"),
     }
     repo = defs.get_repository_def()
-    assert {"price_anomalies_job", "headlines_job", "alert_enrichments_job", "maintenance_job"} <= set(
-        repo.job_names
-    )
-    assert {s.name for s in repo.schedule_defs} == {"price_anomalies_schedule", "maintenance_schedule"}
+    jobs = {
+        "price_anomalies_job",
+        "headlines_job",
+        "alert_enrichments_job",
+        "maintenance_job",
+        "quality_checks_job",
+    }
+    assert jobs <= set(repo.job_names)
+    assert {s.name for s in repo.schedule_defs} == {
+        "price_anomalies_schedule",
+        "maintenance_schedule",
+        "quality_checks_schedule",
+    }
+
     sensors = {s.name: s for s in repo.sensor_defs}
     assert set(sensors) == {"rss_poll_sensor", "new_anomalies_sensor", "service_health_sensor"}
     assert sensors["rss_poll_sensor"].minimum_interval_seconds == 60
@@ -82,3 +93,11 @@ def test_dagster_code_has_no_event_loop_tricks() -> None:
             if name in banned:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")  # type: ignore[attr-defined]
     assert offenders == []
+
+
+def test_bad_configuration_fails_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry policies are for transient errors: a bad MW_* variable fails the run once."""
+    monkeypatch.setenv("MW_SYMBOLS", "not a symbol!")
+    with pytest.raises(dg.Failure, match="MW_SYMBOLS") as info:
+        build_settings(postgres=PostgresResource(database_url="postgresql://x@h/d"))
+    assert info.value.allow_retries is False

@@ -9,6 +9,7 @@ observation through the webserver's REST endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -104,14 +105,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (grpc servers, run workers)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=5)
 
 
@@ -165,7 +162,7 @@ def dagster_stack(pg_server_url: str, db_url: str, tmp_path: Path) -> Iterator[s
         while True:
             for proc in procs:
                 if proc.poll() is not None:
-                    pytest.fail(f"{proc.args} exited early:\n" + _tail(logs))
+                    pytest.fail(f"{proc.args!r} exited early:\n" + _tail(logs))
             try:
                 if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
                     break

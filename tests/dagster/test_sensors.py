@@ -16,15 +16,14 @@ import pytest
 from mw_core import db
 from mw_core.models import Anomaly, Tick
 from mw_dagster.assets.news import headlines
-from mw_dagster.definitions import defs
+from mw_dagster.definitions import build_resources, defs
 from mw_dagster.health import report_service_health
 from mw_dagster.jobs import maintenance_job
 from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource
 from sensors.anomalies import new_anomalies_sensor
 from sensors.health import service_health_sensor
 from sensors.rss import RSSCursor, rss_poll_sensor, run_key_for
-from tests.dagster.conftest import insert_ticks
-from tests.dagster.test_assets import rss
+from tests.dagster.helpers import insert_ticks, rss
 from tests.fakes.feeds import Feed, FeedServer, Status
 
 pytestmark = pytest.mark.integration
@@ -40,7 +39,7 @@ def _tick(
 
 
 def _skip(result: dg.SensorResult) -> str:
-    return result.skip_reason.skip_message if result.skip_reason else ""
+    return (result.skip_reason.skip_message or "") if result.skip_reason else ""
 
 
 # --- rss_poll_sensor --------------------------------------------------------------------------------
@@ -109,10 +108,11 @@ def test_rss_sensor_re_requests_after_a_failed_run(postgres: PostgresResource) -
     assert json.loads(second.cursor or "{}")["pending"]["attempt"] == 1
 
 
-def test_rss_sensor_without_feeds_skips(postgres: PostgresResource, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MW_RSS_FEEDS", "")
+def test_rss_sensor_without_feeds_skips(postgres: PostgresResource) -> None:
+    rss_off = build_resources({"MW_DATABASE_URL": "postgresql://x@h/d", "MW_RSS_FEEDS": ""})["rss"]
+    assert isinstance(rss_off, RSSResource) and not rss_off.enabled
     result = _tick(
-        rss_poll_sensor, dg.DagsterInstance.ephemeral(), "not json", postgres=postgres, rss=RSSResource()
+        rss_poll_sensor, dg.DagsterInstance.ephemeral(), "not json", postgres=postgres, rss=rss_off
     )
     assert not result.run_requests and "no feeds configured" in _skip(result)
 

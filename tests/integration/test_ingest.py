@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from mw_core.binance_server import BinanceServer
 from mw_core.codec import BadMessage
 from mw_core.config import Settings, load_settings
-from mw_core.ingest.backfill import BackfillError, Backfiller
+from mw_core.ingest.backfill import Backfiller, BackfillError
 from mw_core.ingest.client import CONSECUTIVE_FAILURES, BinanceStreamClient
 from mw_core.ingest.service import IngestService
 from mw_core.klines import Kline, read_kline_file
@@ -54,7 +54,9 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.05)
 
 
-async def consume(settings: Settings, topic: str, *, expect: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+async def consume(
+    settings: Settings, topic: str, *, expect: int, timeout: float = 10.0
+) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=f"t-{uuid.uuid4().hex[:8]}",
@@ -118,31 +120,31 @@ class Collector:
 
 
 async def test_server_rest_klines_follow_binance_semantics() -> None:
-    async with BinanceServer(klines("BTCUSDT", "SOLUSDT", minutes=30)) as server:
-        async with httpx.AsyncClient(base_url=server.rest_url) as http:
+    server = BinanceServer(klines("BTCUSDT", "SOLUSDT", minutes=30))
+    async with server, httpx.AsyncClient(base_url=server.rest_url) as http:
 
-            async def get(**params: Any) -> httpx.Response:
-                return await http.get("/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1m", **params})
+        async def get(**params: Any) -> httpx.Response:
+            return await http.get("/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1m", **params})
 
-            page = (await get(startTime=DAY + 1, endTime=DAY + 5 * 60_000, limit=3)).json()
-            assert [row[0] for row in page] == [DAY + 60_000, DAY + 120_000, DAY + 180_000]
-            assert page[0][6] == DAY + 119_999 and isinstance(page[0][4], str) and len(page[0]) == 12
-            assert [r[0] for r in (await get(startTime=DAY + 27 * 60_000)).json()] == [
-                DAY + 27 * 60_000,
-                DAY + 28 * 60_000,
-                DAY + 29 * 60_000,
-            ]
-            assert [r[0] for r in (await get(endTime=DAY + 60_000, limit=5)).json()] == [DAY, DAY + 60_000]
-            assert len((await get()).json()) == 30
-            assert (await get(startTime=DAY + 31 * 60_000)).json() == []
+        page = (await get(startTime=DAY + 1, endTime=DAY + 5 * 60_000, limit=3)).json()
+        assert [row[0] for row in page] == [DAY + 60_000, DAY + 120_000, DAY + 180_000]
+        assert page[0][6] == DAY + 119_999 and isinstance(page[0][4], str) and len(page[0]) == 12
+        assert [r[0] for r in (await get(startTime=DAY + 27 * 60_000)).json()] == [
+            DAY + 27 * 60_000,
+            DAY + 28 * 60_000,
+            DAY + 29 * 60_000,
+        ]
+        assert [r[0] for r in (await get(endTime=DAY + 60_000, limit=5)).json()] == [DAY, DAY + 60_000]
+        assert len((await get()).json()) == 30
+        assert (await get(startTime=DAY + 31 * 60_000)).json() == []
 
-            bad = await http.get("/api/v3/klines", params={"symbol": "XXXUSDT", "interval": "1m"})
-            assert (bad.status_code, bad.json()["code"]) == (400, -1121)
-            assert (await get(interval="5m")).status_code == 400
-            assert (await get(limit=5000)).status_code == 400
-            assert (await http.get("/api/v3/ping")).json() == {}
-            assert "serverTime" in (await http.get("/api/v3/time")).json()
-            assert (await http.get("/nope")).status_code == 404
+        bad = await http.get("/api/v3/klines", params={"symbol": "XXXUSDT", "interval": "1m"})
+        assert (bad.status_code, bad.json()["code"]) == (400, -1121)
+        assert (await get(interval="5m")).status_code == 400
+        assert (await get(limit=5000)).status_code == 400
+        assert (await http.get("/api/v3/ping")).json() == {}
+        assert "serverTime" in (await http.get("/api/v3/time")).json()
+        assert (await http.get("/nope")).status_code == 404
 
 
 async def test_server_streams_requested_symbols_in_event_order_and_resumes() -> None:
@@ -182,7 +184,8 @@ async def test_loop_mode_keeps_event_time_increasing() -> None:
         async with httpx.AsyncClient(base_url=server.rest_url) as http:
             rows = (
                 await http.get(
-                    "/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1m", "startTime": DAY + 4 * 60_000}
+                    "/api/v3/klines",
+                    params={"symbol": "BTCUSDT", "interval": "1m", "startTime": DAY + 4 * 60_000},
                 )
             ).json()
         assert rows[0][0] == DAY + 4 * 60_000 and rows[0][4] == f"{data[1].close:.8f}"
@@ -227,7 +230,9 @@ async def test_unreachable_endpoint_logs_one_clear_line_and_retries_until_it_is_
         assert not task.done()  # never exits
         lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(lines) >= 3 and all("\n" not in line for line in lines)
-        assert lines[0].startswith(f"Binance unreachable at ws://127.0.0.1:{port}/stream?streams=btcusdt@miniTicker: ")
+        assert lines[0].startswith(
+            f"Binance unreachable at ws://127.0.0.1:{port}/stream?streams=btcusdt@miniTicker: "
+        )
         assert "retrying in " in lines[0] and lines[0].endswith("s (offline? use `mw replay`)")
         assert CONSECUTIVE_FAILURES._value.get() >= 3
         assert handler.ticks == []  # never fakes data
@@ -266,9 +271,9 @@ async def test_rollover_opens_new_connection_first_and_drops_overlap_duplicates(
 
 
 async def test_backfill_waits_for_retry_after_on_429() -> None:
-    async with FaultyBinanceServer(klines("BTCUSDT", minutes=30), rest_faults=[429, 429], retry_after="1") as server:
-        async with Backfiller(server.rest_url) as backfiller:
-            ticks = await backfiller.fill("BTCUSDT", after_ms=DAY + 59_999, before_ms=DAY + 10 * 60_000 + 59_999)
+    server = FaultyBinanceServer(klines("BTCUSDT", minutes=30), rest_faults=[429, 429], retry_after="1")
+    async with server, Backfiller(server.rest_url) as backfiller:
+        ticks = await backfiller.fill("BTCUSDT", after_ms=DAY + 59_999, before_ms=DAY + 10 * 60_000 + 59_999)
     assert [t.ts for t in ticks] == [DAY + i * 60_000 + 59_999 for i in range(1, 10)]
     assert {t.source for t in ticks} == {"rest_backfill"}
     calls = server.rest_calls
@@ -277,26 +282,26 @@ async def test_backfill_waits_for_retry_after_on_429() -> None:
 
 
 async def test_backfill_retries_5xx_with_backoff_then_gives_up() -> None:
-    async with FaultyBinanceServer(klines("BTCUSDT", minutes=30), rest_faults=[500, 503, 502]) as server:
-        async with Backfiller(server.rest_url, backoff_initial_s=0.05, backoff_max_s=0.2) as backfiller:
-            ticks = await backfiller.fill("BTCUSDT", after_ms=DAY, before_ms=DAY + 3 * 60_000)
-            assert [t.ts for t in ticks] == [DAY + 59_999, DAY + 119_999, DAY + 179_999]
-            assert [c.status for c in server.rest_calls] == [500, 503, 502, 200]
+    server = FaultyBinanceServer(klines("BTCUSDT", minutes=30), rest_faults=[500, 503, 502])
+    async with server, Backfiller(server.rest_url, backoff_initial_s=0.05, backoff_max_s=0.2) as backfiller:
+        ticks = await backfiller.fill("BTCUSDT", after_ms=DAY, before_ms=DAY + 3 * 60_000)
+        assert [t.ts for t in ticks] == [DAY + 59_999, DAY + 119_999, DAY + 179_999]
+        assert [c.status for c in server.rest_calls] == [500, 503, 502, 200]
 
-            server.rest_faults.extend([503] * 10)
-            backfiller.max_attempts = 3
-            with pytest.raises(BackfillError, match="giving up after 3 attempts"):
-                await backfiller.fill("BTCUSDT", after_ms=DAY, before_ms=DAY + 3 * 60_000)
-            assert len(server.rest_calls) == 7
+        server.rest_faults.extend([503] * 10)
+        backfiller.max_attempts = 3
+        with pytest.raises(BackfillError, match="giving up after 3 attempts"):
+            await backfiller.fill("BTCUSDT", after_ms=DAY, before_ms=DAY + 3 * 60_000)
+        assert len(server.rest_calls) == 7
 
 
 async def test_backfill_does_not_hammer_a_ban_and_fails_fast_on_4xx() -> None:
-    async with FaultyBinanceServer(klines("BTCUSDT", minutes=30), rest_faults=[418], retry_after="3600") as server:
-        async with Backfiller(server.rest_url) as backfiller:
-            with pytest.raises(BackfillError, match="Retry-After 3600s"):
-                await backfiller.fill("BTCUSDT", after_ms=DAY, before_ms=DAY + 3 * 60_000)
-            with pytest.raises(BackfillError, match="HTTP 400"):
-                await backfiller.fill("NOPEUSDT", after_ms=DAY, before_ms=DAY + 3 * 60_000)
+    server = FaultyBinanceServer(klines("BTCUSDT", minutes=30), rest_faults=[418], retry_after="3600")
+    async with server, Backfiller(server.rest_url) as backfiller:
+        with pytest.raises(BackfillError, match="Retry-After 3600s"):
+            await backfiller.fill("BTCUSDT", after_ms=DAY, before_ms=DAY + 3 * 60_000)
+        with pytest.raises(BackfillError, match="HTTP 400"):
+            await backfiller.fill("NOPEUSDT", after_ms=DAY, before_ms=DAY + 3 * 60_000)
     assert [c.status for c in server.rest_calls] == [418, 400]
 
 
@@ -358,7 +363,8 @@ async def test_server_shutdown_rolls_over_with_overlap_and_no_duplicates(
     stats = service.stats
     assert server.shutdown_sent == [1]
     assert stats["reconnect_reasons"].get("server_shutdown") == 1
-    assert server.max_concurrent >= 2 and stats["duplicates"] > 0  # new connection opened before the old closed
+    # The new connection opened before the old one closed: both delivered the same frames.
+    assert server.max_concurrent >= 2 and stats["duplicates"] > 0
     assert stats["backfilled"] == 0
 
 
@@ -389,7 +395,9 @@ async def test_garbage_frames_go_to_the_dlq_with_reasons(make_settings: Callable
         async with running(service):
             await asyncio.wait_for(server.wait_done(), 10)
             await wait_until(
-                lambda: service.stats["ticks_out"] >= 100 and service.stats["dlq_out"] >= 10, 10, "ticks + dlq"
+                lambda: service.stats["ticks_out"] >= 100 and service.stats["dlq_out"] >= 10,
+                10,
+                "ticks + dlq",
             )
     dead = await consume(settings, settings.topic_dlq, expect=10)
     assert len(dead) == server.garbage_sent == 10
@@ -422,7 +430,7 @@ async def test_backpressure_keeps_the_buffer_bounded_while_kafka_is_down(tmp_pat
             stats = service.stats
             assert stats["queue_high_water"] <= 8 and stats["queue_size"] == 8
             assert stats["ticks_in"] <= 8 + 1 and stats["ticks_out"] == 0
-            assert not service.health()["status"] == "ok"
+            assert service.health()["status"] != "ok"
         finally:
             started = time.monotonic()
             await asyncio.wait_for(service.stop(), 15)

@@ -134,7 +134,9 @@ def test_symbol_from_filename(name: str, symbol: str) -> None:
     assert symbol_from_filename(name) == symbol
 
 
-@pytest.mark.parametrize("name", ["BTCUSDT-5m-2024-08-05.csv", "btcusdt-1m-2024-08-05.csv", "prices.csv", "BTCUSDT.csv"])
+@pytest.mark.parametrize(
+    "name", ["BTCUSDT-5m-2024-08-05.csv", "btcusdt-1m-2024-08-05.csv", "prices.csv", "BTCUSDT.csv"]
+)
 def test_symbol_from_bad_filename(name: str) -> None:
     with pytest.raises(ValueError, match="1m kline dump"):
         symbol_from_filename(name)
