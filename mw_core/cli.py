@@ -220,8 +220,14 @@ def bench_processor(
 @app.command()
 def config(
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's configuration table.")] = False,
 ) -> None:
     """Show the effective configuration (secrets masked)."""
+    if markdown:
+        from mw_core.config import markdown_table
+
+        sys.stdout.write(markdown_table() + "\n")
+        return
     settings = _settings()
     data = settings.safe_dict()
     if as_json:

@@ -141,7 +141,7 @@ class Settings(BaseSettings):
 
     # --- news and LLM -------------------------------------------------------------------------
     rss_feeds: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_FEEDS), description="RSS/Atom feed URLs (CSV)."
+        default_factory=lambda: list(DEFAULT_FEEDS), description="RSS/Atom feed URLs (CSV); `none` for no feeds."
     )
     llm_provider: Literal["openai", "gemini", "ollama", "template"] = Field(
         "openai", description="LLM provider (OpenAI-compatible API)."
@@ -180,6 +180,8 @@ class Settings(BaseSettings):
     @field_validator("rss_feeds", "windows_s", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return []  # an empty variable means "default"; `none` switches the list off
         return _split_csv(value)
 
     @field_validator("windows_s")
@@ -238,6 +240,27 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+
+def markdown_table() -> str:
+    """The configuration table of the README, generated from the `Settings` fields."""
+    rows = ["| variable | default | description |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        if info.default_factory is not None:
+            default: Any = info.default_factory()  # type: ignore[call-arg]
+        else:
+            default = info.default
+        if isinstance(default, list):
+            shown = ",".join(str(v) for v in default)
+        elif isinstance(default, dict):
+            shown = ",".join(f"{k}:{v}" for k, v in default.items())
+        elif default is None:
+            shown = "(unset)"
+        else:
+            shown = str(default)
+        shown = shown.replace("|", "\\|")
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{shown}` | {info.description or ''} |")
+    return "\n".join(rows)
 
 
 def redact_url(url: str) -> str:

@@ -35,11 +35,15 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
-MW = [str(Path(sys.executable).parent / "mw")] if (Path(sys.executable).parent / "mw").exists() else [
-    sys.executable,
-    "-c",
-    "from mw_core.cli import main; main()",
-]
+MW = (
+    [str(Path(sys.executable).parent / "mw")]
+    if (Path(sys.executable).parent / "mw").exists()
+    else [
+        sys.executable,
+        "-c",
+        "from mw_core.cli import main; main()",
+    ]
+)
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
@@ -95,7 +99,7 @@ class Platform:
     ports: set[tuple[str, int]] = field(default_factory=set)
 
     def mw(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 - our own command line
+        return subprocess.run(
             [*MW, *args],
             env=self.env,
             cwd=ROOT,
@@ -315,7 +319,9 @@ class DagsterAPI:
         lines = []
         for event in logs.get("events", []):
             if event.get("level") in ("ERROR", "CRITICAL") or event.get("error"):
-                lines.append(str(event.get("message")) + " " + str((event.get("error") or {}).get("message", "")))
+                lines.append(
+                    str(event.get("message")) + " " + str((event.get("error") or {}).get("message", ""))
+                )
         return "\n".join(lines)[-4000:]
 
     def materializations(self, asset: str, *, partition: str | None = None) -> list[dict[str, Any]]:
@@ -359,7 +365,7 @@ class Chromium:
             f"--virtual-time-budget={budget_ms}",
             *args,
         ]
-        return subprocess.run(argv, capture_output=True, timeout=120, check=False)  # noqa: S603
+        return subprocess.run(argv, capture_output=True, timeout=120, check=False)
 
     def dom(self, url: str, *, budget_ms: int = 15000) -> str:
         done = self._run("--dump-dom", url, budget_ms=budget_ms)
