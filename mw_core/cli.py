@@ -231,7 +231,7 @@ def config(
     settings = _settings()
     data = settings.safe_dict()
     if as_json:
-        sys.stdout.write(orjson.dumps(data, default=str).decode() + "\n")
+        sys.stdout.write(orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
         return
     table = Table("variable", "value", title="configuration")
     for k, v in data.items():

@@ -177,11 +177,11 @@ def test_crash_day_through_the_platform_to_the_dagster_ui(
         assert found["rows_scanned"] >= expected and found["anomalies_found"] >= 3, found
         for asset in ("db_schema", "headlines", "alert_enrichments"):
             assert api.materializations(asset)[0]["runId"] == runs[asset], asset
-        # What the runs wrote, read back from the database.
+        # What the runs wrote, read back from the database (8 of the 11 recorded feed items are valid).
         (batch,) = _sql(db, "SELECT count(*) FROM batch_anomalies WHERE partition_key = %s", partition)
         (headlines,) = _sql(db, "SELECT count(*) FROM headlines")
         (enriched,) = _sql(db, "SELECT count(*) FROM alert_enrichments")
-        assert batch[0] == found["anomalies_found"] and headlines[0] >= 10 and enriched[0] >= 1
+        assert batch[0] == found["anomalies_found"] and headlines[0] >= 8 and enriched[0] >= 1
 
         # 3. The UI in a real browser.
         if chromium is not None:
