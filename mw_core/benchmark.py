@@ -151,7 +151,7 @@ async def _bench(settings: Settings, ticks: int, symbols: int, rate: float) -> d
 
 
 def run_processor_bench(settings: Settings, *, ticks: int, symbols: int, rate: float = 0.0) -> dict[str, Any]:
-    infra = ensure_infra(settings)
+    infra = ensure_infra(settings, stop_postgres=True)
     try:
         return asyncio.run(_bench(infra.settings, ticks, symbols, rate))
     finally:

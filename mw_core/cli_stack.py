@@ -208,7 +208,7 @@ def up(
 
         try:
             parse_speed(speed)
-            replay_files = [str(p) for p in resolve_sources(replay_files)]
+            replay_files = [str(p.resolve()) for p in resolve_sources(replay_files)]
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None

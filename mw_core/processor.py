@@ -12,7 +12,9 @@ Contract (at-least-once with idempotent writes):
    (bulk `unnest`). While PostgreSQL is down the write is retried with backoff and offsets are not
    committed; `/healthz` reports `degraded`.
 6. Dead letters go to `dlq`; alerts for anomalies whose `published_at` is NULL (the outbox) go to
-   `alerts` and are then marked published.
+   `alerts` and are then marked published. Outbox rows a previous owner left unmarked (it died
+   between the send and the mark) are first looked up in `alerts`: found ones are only marked, so
+   a crash never publishes an alert twice (effectively once; see `_skip_already_sent`).
 7. Only then are the batch's offsets committed. A crash anywhere replays at most the uncommitted
    batch; `ON CONFLICT` keys absorb the replay, and rehydration rebuilds identical window state.
 """
@@ -29,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -47,6 +51,10 @@ TICKS_STORED = Counter("mw_processor_ticks_stored_total", "Valid ticks written t
 DLQ = Counter("mw_processor_dlq_total", "Records sent to the dead-letter topic", ["reason"])
 ANOMALIES = Counter("mw_processor_anomalies_total", "Anomalies detected")
 ALERTS = Counter("mw_processor_alerts_published_total", "Alerts published")
+ALERTS_ALREADY_SENT = Counter(
+    "mw_processor_alerts_already_sent_total",
+    "Unmarked outbox rows found already published by a dead owner (marked, not re-sent)",
+)
 DB_WRITE = Histogram(
     "mw_processor_batch_write_seconds",
     "Latency of one batch write to PostgreSQL",
@@ -130,6 +138,9 @@ class Processor:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._queue: asyncio.Queue[_Prepared | None] | None = None
+        # Keys of outbox rows found unpublished when their symbol was rehydrated: a dead previous
+        # owner may have sent them already (see `_skip_already_sent`).
+        self._unconfirmed: set[tuple[str, int, int]] = set()
         self._max_window_s = max(settings.windows_s)
         self._tolerance_ms = settings.max_out_of_order_s * 1000
 
@@ -263,6 +274,8 @@ class Processor:
         for symbol in gone:
             del self.state[symbol]
         if gone:
+            dropped = set(gone)
+            self._unconfirmed = {k for k in self._unconfirmed if k[0] not in dropped}
             log.info(
                 "dropped window state of %d symbols (partitions %s revoked)", len(gone), sorted(partitions)
             )
@@ -275,6 +288,10 @@ class Processor:
             db.recent_prices, self._pool, before, lookback_s=self._max_window_s
         )
         cooldowns = await self._with_db_retry(db.last_anomaly_ts, self._pool, before)
+        orphans = await self._with_db_retry(
+            db.unpublished_anomalies, self._pool, limit=10_000, symbols=list(cold)
+        )
+        self._unconfirmed.update(a.key for _, a in orphans)
         for symbol, (_, partition) in cold.items():
             windows = SymbolWindows(self.settings.windows_s)
             windows.load(history.get(symbol, ()))
@@ -459,6 +476,8 @@ class Processor:
         """Publish alerts of unpublished anomalies of the symbols this member owns, then mark them."""
         assert self._pool is not None and self._producer is not None
         rows = await self._with_db_retry(db.unpublished_anomalies, self._pool, limit=10_000, symbols=symbols)
+        if rows and self._unconfirmed:
+            rows = await self._skip_already_sent(rows)
         if not rows:
             return
         futures = []
@@ -487,6 +506,73 @@ class Processor:
                 ms_to_dt(a.ts).isoformat(),
             )
 
+    async def _skip_already_sent(self, rows: list[tuple[int, Anomaly]]) -> list[tuple[int, Anomaly]]:
+        """Mark, and drop from `rows`, the orphaned outbox rows whose alert is already in `alerts`.
+
+        A row is orphaned when it was unpublished at rehydration: its previous owner may have died
+        after the Kafka send but before the `published_at` update. Only then is the alerts topic
+        read (once per recovery that finds orphans; never in steady state). If that read fails, the
+        rows are sent: a possible duplicate beats a lost alert.
+        """
+        assert self._pool is not None
+        suspects = {a.key for _, a in rows if a.key in self._unconfirmed}
+        if not suspects:
+            return rows
+        self._unconfirmed -= suspects
+        try:
+            found = await self._alerts_in_topic(suspects)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning(
+                "could not read %s to check %d possibly published alerts (%s: %s); sending them",
+                self.settings.topic_alerts,
+                len(suspects),
+                type(exc).__name__,
+                exc,
+            )
+            return rows
+        if not found:
+            return rows
+        await self._with_db_retry(db.mark_published, self._pool, [i for i, a in rows if a.key in found])
+        ALERTS_ALREADY_SENT.inc(len(found))
+        log.warning(
+            "%d alerts were already in %s (their previous owner died before marking them): "
+            "marked published, not sent again",
+            len(found),
+            self.settings.topic_alerts,
+        )
+        return [(i, a) for i, a in rows if a.key not in found]
+
+    async def _alerts_in_topic(self, keys: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+        """Which of `keys` have an alert in the alerts topic (every partition read to its end)."""
+        topic = self.settings.topic_alerts
+        consumer = bus.consumer(self.settings, group_id=None)
+        await consumer.start()
+        try:
+            await consumer.topics()  # refresh metadata
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not tps:
+                return set()
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            found: set[tuple[str, int, int]] = set()
+            deadline = time.monotonic() + 60
+            while found != keys:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for rec in records:
+                        key = _alert_key(rec.value)
+                        if key in keys:
+                            found.add(key)
+                # The high watermark of fetch responses is exact (Tansu's `end_offsets` is not).
+                at_end = [(consumer.highwater(tp), await consumer.position(tp)) for tp in tps]
+                if not batch and all(hw is not None and pos >= hw for hw, pos in at_end):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic} not read to its end within 60 s")
+            return found
+        finally:
+            await consumer.stop()
+
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None
         try:
@@ -501,3 +587,12 @@ class Processor:
             )
             return
         self.stats.last_commit_at = time.time()
+
+
+def _alert_key(value: bytes | None) -> tuple[str, int, int] | None:
+    """(symbol, ts, window_s) of an `alerts` record (`codec.encode_alert`), None if unreadable."""
+    try:
+        body = orjson.loads(value or b"")
+        return (str(body["symbol"]), int(body["ts"]), int(body["window_s"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None

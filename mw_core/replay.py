@@ -156,7 +156,7 @@ def run_replay(
 ) -> ReplayResult:
     """Replay kline dumps (or ``sample``) through the whole streaming pipeline; see module docstring."""
     resolve_sources(sources)  # fail fast with FileNotFoundError before starting servers
-    infra = ensure_infra(settings)
+    infra = ensure_infra(settings, stop_postgres=True)
     try:
         return asyncio.run(_replay(infra.settings, sources, speed=speed, timeout=timeout, progress=progress))
     finally:

@@ -337,6 +337,22 @@ class Stack:
     def _replay_healthy(self) -> bool:
         return self.replay_urls() is not None
 
+    def _dagster_loaded(self) -> bool:
+        """The webserver answers AND every code location has loaded (`/server_info` answers earlier)."""
+        import urllib.request
+
+        query = b'{"query": "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"}'
+        req = urllib.request.Request(  # noqa: S310 - our own loopback URL
+            f"{self.dagster_url}/graphql", data=query, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310
+                body = orjson.loads(resp.read())
+        except (OSError, ValueError):
+            return False
+        entries = (((body.get("data") or {}).get("workspaceOrError") or {}).get("locationEntries")) or []
+        return bool(entries) and all(e.get("loadStatus") == "LOADED" for e in entries)
+
     def _ingest_health(self) -> bool:
         # Any answer means the service runs; 503 (e.g. live source unreachable) is reported, not fatal.
         return http_ok(self.meta()["ingest_health"], any_status=True)
@@ -415,7 +431,7 @@ class Stack:
                 ],
                 env=self.dagster_env,
                 cwd=dagster_cwd,
-                health=f"{self.dagster_url}/server_info",
+                health=self._dagster_loaded,
                 before_start=self._prepare_dagster_home,
                 address=self.dagster_url,
                 start_timeout=timeout,

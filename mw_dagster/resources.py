@@ -3,9 +3,10 @@
 Contract:
 - Typed fields only; secrets and URLs come through ``dg.EnvVar`` in `definitions.py`, so the UI
   shows the variable name, never the value.
-- Methods are synchronous and keyword-only, return domain records, and run the `mw_core` / `store`
-  coroutines under ``asyncio.run`` (one short-lived asyncpg pool per call). No event loop lives
-  across calls, so a resource is safe in run workers, sensors (gRPC threads) and tests alike.
+- Methods are synchronous and keyword-only, return domain records, and run `mw_core` coroutines
+  through `mw_core.batch.run_with_pool` (``asyncio.run`` with one short-lived asyncpg pool per
+  call). No event loop lives across calls, so a resource is safe in run workers, sensors (gRPC
+  threads) and tests alike. No SQL and no coroutine is defined here (STYLE.md §2, §5).
 - `build_settings` turns resource fields into the one `mw_core.config.Settings` the `mw_core` code
   expects; everything a resource does not set (windows, thresholds, cooldown, symbols ...) comes from
   the ``MW_*`` environment exactly as for the streaming processor, so batch and stream share rules.
@@ -13,39 +14,19 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
-import asyncpg
 import dagster as dg
 from pydantic import Field
 
-from mw_core import db
+from mw_core import batch, db, quality
 from mw_core.config import ConfigError, Settings, load_settings
+from mw_core.enrich.store import anomalies_after
 from mw_core.models import Anomaly
-from mw_dagster import store
+from mw_core.news.store import existing_headline_ids
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaOverview:
-    """Result of `PostgresResource.apply_schema`: the schema state plus our tables' row counts."""
-
-    version: int
-    timescale: bool
-    applied: tuple[int, ...]
-    counts: dict[str, int]
-
-
-async def _with_pool(url: str, fn: Callable[[asyncpg.Pool], Awaitable[T]], max_size: int) -> T:
-    pool = await db.create_pool(url, min_size=1, max_size=max_size)
-    try:
-        return await fn(pool)
-    finally:
-        await pool.close()
 
 
 class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -54,65 +35,52 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     database_url: str = Field(description="asyncpg DSN, e.g. postgresql://user@host:5432/marketwatch.")
     pool_max_size: int = Field(default=4, description="Connections per call (one pool per call).")
 
-    def run(self, fn: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-        """Run ``fn(pool)`` on a fresh pool under ``asyncio.run`` (the sync/async seam)."""
-        return asyncio.run(_with_pool(self.database_url, fn, self.pool_max_size))
+    def run(self, fn: batch.PoolFn[T]) -> T:
+        """Run the `mw_core` coroutine ``fn(pool)`` on a fresh pool (`mw_core.batch.run_with_pool`)."""
+        return batch.run_with_pool(self.database_url, fn, max_size=self.pool_max_size)
 
     # --- schema ------------------------------------------------------------------------------------
-    def apply_schema(self) -> SchemaOverview:
-        async def go(pool: asyncpg.Pool) -> SchemaOverview:
-            info = await db.apply_schema(pool)
-            counts = await db.table_counts(pool)
-            return SchemaOverview(info.version, info.timescale, info.applied, counts)
-
-        return self.run(go)
+    def apply_schema(self) -> batch.SchemaOverview:
+        """Apply the migrations idempotently; the schema state plus every table's row count."""
+        return self.run(batch.apply_schema)
 
     def table_counts(self) -> dict[str, int]:
         return self.run(db.table_counts)
 
     # --- price anomalies -------------------------------------------------------------------------
-    def load_partition(self, *, start_ms: int, end_ms: int, warmup_s: int) -> store.PartitionPrices:
+    def compute_partition(
+        self, *, settings: Settings, key: str, start_ms: int, end_ms: int
+    ) -> batch.PartitionRun:
+        """Recompute one partition's `batch_anomalies` (`mw_core.batch.compute_partition`)."""
         return self.run(
-            lambda pool: store.load_partition(pool, start_ms=start_ms, end_ms=end_ms, warmup_s=warmup_s)
+            lambda pool: batch.compute_partition(pool, settings, key=key, start_ms=start_ms, end_ms=end_ms)
         )
 
-    def cooldown_seeds(self, *, symbols: Sequence[str], start_ms: int, cooldown_s: int) -> dict[str, int]:
-        return self.run(
-            lambda pool: store.cooldown_seeds(pool, symbols, start_ms=start_ms, cooldown_s=cooldown_s)
-        )
-
-    def replace_batch_anomalies(
-        self, *, partition_key: str, start_ms: int, end_ms: int, anomalies: Sequence[Anomaly]
-    ) -> int:
-        return self.run(
-            lambda pool: store.replace_batch_anomalies(
-                pool, partition_key=partition_key, start_ms=start_ms, end_ms=end_ms, anomalies=anomalies
-            )
-        )
-
-    def agreement(self, *, start_ms: int, end_ms: int) -> store.Agreement:
-        return self.run(lambda pool: store.agreement(pool, start_ms=start_ms, end_ms=end_ms))
+    def agreement(self, *, start_ms: int, end_ms: int) -> batch.Agreement:
+        return self.run(lambda pool: batch.agreement(pool, start_ms=start_ms, end_ms=end_ms))
 
     # --- checks / sensors --------------------------------------------------------------------------
-    def coverage(self, *, now_ms: int, lookback_s: int, symbols: Sequence[str]) -> list[store.SymbolCoverage]:
+    def coverage(
+        self, *, now_ms: int, lookback_s: int, symbols: Sequence[str]
+    ) -> list[quality.SymbolCoverage]:
         return self.run(
-            lambda pool: store.coverage(pool, now_ms=now_ms, lookback_s=lookback_s, symbols=symbols)
+            lambda pool: quality.coverage(pool, now_ms=now_ms, lookback_s=lookback_s, symbols=symbols)
         )
 
-    def price_repeats(self, *, now_ms: int, lookback_s: int) -> store.PriceDuplicates:
-        return self.run(lambda pool: store.price_repeats(pool, now_ms=now_ms, lookback_s=lookback_s))
+    def price_repeats(self, *, now_ms: int, lookback_s: int) -> quality.PriceDuplicates:
+        return self.run(lambda pool: quality.price_repeats(pool, now_ms=now_ms, lookback_s=lookback_s))
 
-    def headline_stats(self, *, now_ms: int, lookback_s: int) -> store.HeadlineStats:
-        return self.run(lambda pool: store.headline_stats(pool, now_ms=now_ms, lookback_s=lookback_s))
+    def headline_stats(self, *, now_ms: int, lookback_s: int) -> quality.HeadlineStats:
+        return self.run(lambda pool: quality.headline_stats(pool, now_ms=now_ms, lookback_s=lookback_s))
 
     def anomalies_after(self, *, after_id: int, limit: int) -> list[tuple[int, Anomaly]]:
-        return self.run(lambda pool: store.anomalies_after(pool, after_id=after_id, limit=limit))
+        return self.run(lambda pool: anomalies_after(pool, after_id=after_id, limit=limit))
 
     def existing_headline_ids(self, *, ids: Sequence[str]) -> set[str]:
-        return self.run(lambda pool: store.existing_headline_ids(pool, ids))
+        return self.run(lambda pool: existing_headline_ids(pool, ids))
 
-    def price_flow(self, *, now_ms: int, window_s: int = 60) -> store.PriceFlow:
-        return self.run(lambda pool: store.price_flow(pool, now_ms=now_ms, window_s=window_s))
+    def price_flow(self, *, now_ms: int, window_s: int = 60) -> quality.PriceFlow:
+        return self.run(lambda pool: quality.price_flow(pool, now_ms=now_ms, window_s=window_s))
 
 
 class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]

@@ -7,13 +7,14 @@ id range in the run key, so a re-evaluated tick never launches the same run twic
 
 from __future__ import annotations
 
-import asyncpg
 import dagster as dg
 from dagster import SensorEvaluationContext
 
+from mw_core.batch import UndefinedTable
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.jobs import alert_enrichments_job
 from mw_dagster.resources import PostgresResource
+from sensors.intervals import ANOMALIES_POLL_INTERVAL_DEFAULT_S, ANOMALIES_POLL_INTERVAL_VAR, interval_s
 
 BATCH = 500  # anomalies per run request (the enrichment run itself caps LLM calls/tokens)
 
@@ -28,7 +29,7 @@ def parse_cursor(cursor: str | None) -> int:
 @dg.sensor(
     name="new_anomalies_sensor",
     job=alert_enrichments_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=interval_s(ANOMALIES_POLL_INTERVAL_VAR, ANOMALIES_POLL_INTERVAL_DEFAULT_S),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests an alert_enrichments run when the stream stored new anomalies.",
 )
@@ -40,7 +41,7 @@ def new_anomalies_sensor(
     after = parse_cursor(context.cursor)
     try:
         rows = postgres.anomalies_after(after_id=after, limit=BATCH)
-    except asyncpg.UndefinedTableError:
+    except UndefinedTable:
         # A fresh database: nothing can be new before the schema exists (db_schema / the processor).
         return dg.SensorResult(
             skip_reason="schema not applied yet (materialize db_schema)", cursor=str(after)

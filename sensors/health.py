@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-import asyncpg
 import dagster as dg
 from dagster import SensorEvaluationContext
 
+from mw_core.batch import DatabaseErrors
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.health import flow_metrics, observation
 from mw_dagster.resources import PostgresResource
@@ -32,7 +32,7 @@ def service_health_sensor(
     now = int(time.time() * 1000)
     try:
         flow = postgres.price_flow(now_ms=now, window_s=60)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except DatabaseErrors as exc:
         # No database, or no schema yet: that IS the health information (prices are not flowing).
         reason = f"{type(exc).__name__}: {exc}"[:300]
         return dg.SensorResult(

@@ -25,14 +25,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import dagster as dg
 from dagster import SensorEvaluationContext
 
+from mw_core.batch import DatabaseErrors
 from mw_core.news.fetch import SourceResult, collect
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.jobs import headlines_job
 from mw_dagster.resources import PostgresResource, RSSResource, build_settings
+from sensors.intervals import RSS_POLL_INTERVAL_DEFAULT_S, RSS_POLL_INTERVAL_VAR, interval_s
 
 SEEN_MAX = 200
 MAX_ATTEMPTS = 3
@@ -124,7 +125,7 @@ def _merge(cursor: RSSCursor, results: list[SourceResult]) -> tuple[list[str], l
 def _stored(postgres: PostgresResource, ids: list[str], log: Any) -> set[str]:
     try:
         return postgres.existing_headline_ids(ids=ids)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except DatabaseErrors as exc:
         # No database (yet): every candidate counts as new; the run will say what is wrong.
         log.warning("cannot check stored headlines (%s: %s)", type(exc).__name__, exc)
         return set()
@@ -140,7 +141,7 @@ def _pending_run_failed(context: SensorEvaluationContext, run_key: str | None) -
 @dg.sensor(
     name="rss_poll_sensor",
     job=headlines_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=interval_s(RSS_POLL_INTERVAL_VAR, RSS_POLL_INTERVAL_DEFAULT_S),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Polls the RSS/Atom feeds (conditional GET) and requests a headlines run for new items.",
 )

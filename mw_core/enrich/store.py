@@ -144,3 +144,16 @@ async def enrichments_for(pool: asyncpg.Pool, anomaly_ids: Sequence[int]) -> lis
         list(anomaly_ids),
     )
     return [_stored(r) for r in rows]
+
+
+_AFTER_ID = """
+SELECT id, symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s, ret, direction, price,
+       threshold, volatility, ref_price, (extract(epoch FROM ref_ts) * 1000)::int8 AS ref_ts_ms
+FROM anomalies WHERE id > $1 ORDER BY id LIMIT $2
+"""
+
+
+async def anomalies_after(pool: asyncpg.Pool, *, after_id: int, limit: int) -> list[tuple[int, Anomaly]]:
+    """Up to `limit` ``(id, Anomaly)`` with ``id > after_id``, oldest first (the sensor's cursor walk)."""
+    rows = await pool.fetch(_AFTER_ID, after_id, limit)
+    return [(int(r["id"]), anomaly_from_row(r)) for r in rows]

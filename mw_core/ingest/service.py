@@ -3,12 +3,20 @@
 Contract:
 - Start-up: the websocket client starts at once; the publisher creates the topics
   (`bus.ensure_topics`) and starts the producer, retrying with backoff while Kafka is down.
+  While publishing, the topics are checked again every ``topic_check_s`` and re-created when
+  missing: a broker that lost them (the memory-only embedded broker, restarted) still accepts
+  produce requests, but consumers cannot commit offsets on a topic it does not know.
 - Backpressure: the socket reader awaits ``queue.put`` on a bounded `asyncio.Queue`
   (``settings.ingest_buffer_size``); while it waits, websockets stops reading the socket and TCP
   slows the sender. Memory holds at most the queue plus one publish batch.
 - At-least-once: every tick taken from the queue is kept until Kafka acknowledged it; failed sends
   are retried with backoff forever (until `stop`). Keys are the symbol (UTF-8), values
-  `codec.encode_tick`.
+  `codec.encode_tick`. aiokafka retries a batch internally for at most ``ack_timeout_s``; after
+  that (Kafka down) the publisher drops the producer and reconnects through the start-up path, so
+  topics are re-created BEFORE anything is produced again (a restarted memory-only broker would
+  otherwise take the records into a topic it does not know, and writes after the topic's creation
+  collide with them). `/healthz` reports ``degraded`` while a batch has waited more than
+  ``STALLED_AFTER_S`` for its acknowledgement.
 - Bad frames become `DeadLetter` records on ``settings.topic_dlq`` (reason, raw payload), are
   logged and counted; ingest continues.
 - After every reconnect the REST backfill fills each symbol's gap (`mw_core.ingest.backfill`);
@@ -53,6 +61,7 @@ DLQ_SOURCE_WS = "binance-ws"
 DLQ_SOURCE_REST = "binance-rest"
 MAX_BATCH = 500
 DEGRADED_AFTER_FAILURES = 3
+STALLED_AFTER_S = 5.0
 
 RecordKind = Literal["tick", "backfill", "dlq"]
 
@@ -91,6 +100,8 @@ class IngestService:
     """
 
     drain_timeout_s = 10.0
+    topic_check_s = 5.0
+    ack_timeout_s = 3.0
 
     def __init__(self, settings: Settings, *, ws_url: str | None = None, rest_url: str | None = None) -> None:
         self.settings = settings
@@ -112,6 +123,8 @@ class IngestService:
         self._finished = asyncio.Event()
         self._running = False
         self._kafka_ready = False
+        self._unacked_since: float | None = None  # monotonic start of the batch awaiting its acks
+        self._last_send_error: BaseException | None = None
         self._backfills: set[asyncio.Task[None]] = set()
         self._backfill_slots = asyncio.Semaphore(2)
         self._backfiller: Backfiller | None = None
@@ -144,6 +157,10 @@ class IngestService:
             problems.append(f"{cs.consecutive_failures} consecutive connection failures")
         if not self._kafka_ready:
             problems.append("Kafka producer not ready")
+        elif self._unacked_since is not None:
+            waiting = time.monotonic() - self._unacked_since
+            if waiting > STALLED_AFTER_S:
+                problems.append(f"Kafka has not acknowledged a batch for {waiting:.0f}s")
         return {
             "status": "ok" if not problems else "degraded",
             "component": "ingest",
@@ -228,7 +245,7 @@ class IngestService:
             producer: AIOKafkaProducer | None = None
             try:
                 await bus.ensure_topics(self.settings, timeout=10.0)
-                producer = bus.producer(self.settings)
+                producer = bus.producer(self.settings, request_timeout_ms=int(self.ack_timeout_s * 1000))
                 await producer.start()
             except Exception as exc:  # Kafka down: retry, the websocket side applies backpressure
                 if producer is not None:
@@ -248,6 +265,20 @@ class IngestService:
             log.info("ingest publishing to %s (dlq %s)", self.settings.topic_prices, self.settings.topic_dlq)
             return producer
         return None
+
+    async def _keep_topics(self) -> None:
+        """Every ``topic_check_s``, re-create topics the broker lost (see the module docstring)."""
+        while not self._draining.is_set():
+            await self._sleep(self.topic_check_s, self._draining)
+            if self._draining.is_set():
+                return
+            try:
+                created = await asyncio.wait_for(bus.ensure_topics(self.settings, timeout=5.0), 10.0)
+            except Exception as exc:  # Kafka down: the publisher's retries report it
+                log.debug("topic check failed: %s", exc)
+                continue
+            if created:
+                log.warning("re-created Kafka topics %s: the broker had lost them (restarted?)", created)
 
     async def _next_batch(self) -> list[_Record]:
         """Up to one batch from the queue; empty when draining and the queue is empty."""
@@ -276,11 +307,13 @@ class IngestService:
         for rec, fut in zip(batch, futures, strict=True):
             if isinstance(fut, BaseException):
                 failed.append(rec)
+                self._last_send_error = fut
                 continue
             try:
                 await fut
-            except Exception:
+            except Exception as exc:
                 failed.append(rec)
+                self._last_send_error = exc
                 continue
             if rec.kind == "dlq":
                 self._stats.dlq_out += 1
@@ -301,6 +334,7 @@ class IngestService:
         failures = 0
         drain_deadline: float | None = None
         loop = asyncio.get_running_loop()
+        keeper = asyncio.create_task(self._keep_topics(), name="ingest-topic-check")
         try:
             while True:
                 if self._draining.is_set() and drain_deadline is None:
@@ -311,6 +345,8 @@ class IngestService:
                     pending = await self._next_batch()
                     if not pending:
                         break  # drained
+                if self._unacked_since is None:
+                    self._unacked_since = time.monotonic()
                 try:
                     if drain_deadline is not None:
                         failed = await asyncio.wait_for(
@@ -322,16 +358,34 @@ class IngestService:
                     break
                 if not failed:
                     pending, failures = [], 0
+                    self._unacked_since = None
                     continue
                 # Keep the failed records (in order) and retry them: never drop a tick.
                 failures += 1
                 self._stats.send_retries += len(failed)
                 SEND_RETRIES.inc(len(failed))
                 delay = full_jitter(failures, base_s=0.2, cap_s=10.0)
-                log.warning("Kafka send failed for %d records; retrying in %.1fs", len(failed), delay)
+                log.warning(
+                    "Kafka send failed for %d records (%r); retrying in %.1fs",
+                    len(failed),
+                    self._last_send_error,
+                    delay,
+                )
                 pending = failed
                 await asyncio.sleep(delay)
+                if not self._draining.is_set():
+                    # Reconnect through `_start_producer`: topics first, then a fresh producer.
+                    self._kafka_ready = False
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.stop(), 10.0)  # nothing left to flush
+                    restarted = await self._start_producer()
+                    if restarted is None:
+                        break  # stopping while Kafka is down: `pending` is reported below
+                    producer = restarted
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             lost = len(pending) + self.queue.qsize()
             if lost:
                 self._stats.unpublished_at_stop += lost
@@ -339,6 +393,7 @@ class IngestService:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 10.0)  # flushes what was sent
             self._kafka_ready = False
+            self._unacked_since = None
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:

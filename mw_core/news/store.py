@@ -154,3 +154,11 @@ async def publish_headlines(producer: HeadlineProducer, topic: str, items: Seque
         deliveries.append(await producer.send(topic, value=value, key=key))
     await asyncio.gather(*deliveries)
     return len(deliveries)
+
+
+async def existing_headline_ids(pool: asyncpg.Pool | asyncpg.Connection, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` are already stored in `headlines` (one round trip)."""
+    if not ids:
+        return set()
+    rows = await pool.fetch("SELECT id FROM headlines WHERE id = ANY($1::text[])", list(ids))
+    return {r["id"] for r in rows}

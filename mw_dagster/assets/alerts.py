@@ -7,11 +7,11 @@ import asyncio
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from mw_core.pipelines import enrich_and_publish
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.assets.markets import price_anomalies
 from mw_dagster.assets.news import headlines
 from mw_dagster.formatting import iso_ms, md_table
-from mw_dagster.pipelines import enrich_and_publish
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, build_settings
 
 # LLM hiccups are handled inside mw_core (LLMClient retries, then a template fallback whose reason is

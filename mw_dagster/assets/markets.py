@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from dataclasses import dataclass
 
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mw_core.anomaly import detect_series
-from mw_core.config import Settings
-from mw_core.models import Anomaly
-from mw_dagster import store
+from mw_core.batch import Agreement, PartitionRun
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.assets.infra import prices
 from mw_dagster.formatting import iso_ms, md_table
@@ -20,68 +15,6 @@ from mw_dagster.partitions import partition_bounds_ms, price_anomalies_partition
 from mw_dagster.resources import PostgresResource, build_settings
 
 PREVIEW_ROWS = 25
-MINUTE_MS = 60_000
-
-
-@dataclass(frozen=True, slots=True)
-class DayResult:
-    """What one partition's computation read, found and how it compares with the stream."""
-
-    key: str
-    rows_scanned: int
-    warmup_rows: int
-    symbols: int
-    coverage: list[float]  # per symbol with ticks: covered minutes / minutes in the day
-    anomalies: list[Anomaly]
-    agreement: store.Agreement
-    read_s: float
-    detect_s: float
-    write_s: float
-
-
-def compute_partition(
-    postgres: PostgresResource, settings: Settings, *, key: str, start_ms: int, end_ms: int
-) -> DayResult:
-    """Detect one partition's anomalies from `prices` and replace its `batch_anomalies` rows."""
-    t0 = time.perf_counter()
-    data = postgres.load_partition(start_ms=start_ms, end_ms=end_ms, warmup_s=max(settings.windows_s))
-    seeds = postgres.cooldown_seeds(
-        symbols=[s.symbol for s in data.series], start_ms=start_ms, cooldown_s=settings.cooldown_s
-    )
-    t1 = time.perf_counter()
-    found: list[Anomaly] = []
-    for series in data.series:
-        if not series.ticks:
-            continue
-        found.extend(
-            detect_series(
-                series.symbol,
-                series.ticks,
-                windows_s=settings.windows_s,
-                threshold_for=settings.threshold_for,
-                cooldown_s=settings.cooldown_s,
-                warmup=series.warmup,
-                last_alert_ts=seeds.get(series.symbol),
-            )
-        )
-    t2 = time.perf_counter()
-    postgres.replace_batch_anomalies(partition_key=key, start_ms=start_ms, end_ms=end_ms, anomalies=found)
-    agreement = postgres.agreement(start_ms=start_ms, end_ms=end_ms)
-    t3 = time.perf_counter()
-    minutes = max(1, (end_ms - start_ms) // MINUTE_MS)
-    partition_ticks = sum(len(s.ticks) for s in data.series)
-    return DayResult(
-        key=key,
-        rows_scanned=data.rows_scanned,
-        warmup_rows=data.rows_scanned - partition_ticks,
-        symbols=sum(1 for s in data.series if s.ticks),
-        coverage=[s.minutes_covered / minutes for s in data.series if s.ticks],
-        anomalies=found,
-        agreement=agreement,
-        read_s=t1 - t0,
-        detect_s=t2 - t1,
-        write_s=t3 - t2,
-    )
 
 
 @dg.asset(
@@ -104,10 +37,10 @@ def price_anomalies(context: AssetExecutionContext, postgres: PostgresResource) 
     settings = build_settings(postgres=postgres)
     pdef = price_anomalies_partitions
     keys = list(context.partition_keys)
-    days: list[DayResult] = []
+    days: list[PartitionRun] = []
     for key in keys:
         start_ms, end_ms = partition_bounds_ms(pdef.time_window_for_partition_key(key))
-        day = compute_partition(postgres, settings, key=key, start_ms=start_ms, end_ms=end_ms)
+        day = postgres.compute_partition(settings=settings, key=key, start_ms=start_ms, end_ms=end_ms)
         context.log.info(
             "partition %s: %d rows scanned (%d warm-up), %d symbols, %d anomalies, agreement %.3f "
             "(both=%d batch-only=%d stream-only=%d), read %.2fs detect %.2fs write %.2fs",
@@ -128,15 +61,11 @@ def price_anomalies(context: AssetExecutionContext, postgres: PostgresResource) 
     return dg.MaterializeResult(metadata=partition_metadata(days))
 
 
-def partition_metadata(days: list[DayResult]) -> dict[str, dg.MetadataValue | int | float | str]:
+def partition_metadata(days: list[PartitionRun]) -> dict[str, dg.MetadataValue | int | float | str]:
     """Materialization metadata of one run (one day, or the days of a backfill range together)."""
     found = [a for d in days for a in d.anomalies]
     coverage = [c for d in days for c in d.coverage]
-    agreement = store.Agreement(
-        both=sum(d.agreement.both for d in days),
-        batch_only=sum(d.agreement.batch_only for d in days),
-        stream_only=sum(d.agreement.stream_only for d in days),
-    )
+    agreement = Agreement.total([d.agreement for d in days])
     by_window = Counter(a.window_s for a in found)
     by_symbol = Counter(a.symbol for a in found)
     preview = sorted(found, key=lambda a: (a.ts, a.symbol, a.window_s))[:PREVIEW_ROWS]

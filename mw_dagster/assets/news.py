@@ -7,10 +7,10 @@ import asyncio
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from mw_core.pipelines import ingest_headlines
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.assets.infra import db_schema
 from mw_dagster.formatting import md_table
-from mw_dagster.pipelines import ingest_headlines
 from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource, build_settings
 
 PREVIEW = 10

@@ -1,17 +1,26 @@
-"""Test helpers: Binance kline fixtures as ticks, direct tick inserts, tiny RSS documents."""
+"""Test helpers: kline fixtures as ticks, tick inserts, tiny RSS documents, real Dagster processes."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import shutil
+import signal
+import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+
+import asyncpg
 
 from mw_core import db
 from mw_core.models import Tick
 from mw_dagster.resources import PostgresResource
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 
 
 def kline_ticks(symbol: str, day: str = "2024-08-05") -> list[Tick]:
@@ -45,3 +54,70 @@ def rss(*items: tuple[str, str]) -> bytes:
         for guid, title in items
     )
     return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{body}</channel></rss>'.encode()
+
+
+# --- real Dagster processes (daemon / webserver) on a fresh Dagster database ----------------------
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` with its database name replaced by `name` (query string kept)."""
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+async def create_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def dagster_env(home: Path, dagster_pg_url: str, **mw: str) -> dict[str, str]:
+    """A child environment: ours minus MW_* / DAGSTER_*, plus DAGSTER_HOME, the storage URL and `mw`.
+
+    `dagster_pg_url` is an asyncpg-style ``postgresql://`` URL; dagster.yaml wants the psycopg2
+    SQLAlchemy driver named explicitly.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MW_", "DAGSTER_"))}
+    env.update(
+        DAGSTER_HOME=str(home),
+        DAGSTER_PG_URL=psycopg2_url(dagster_pg_url),
+        PYTHONUNBUFFERED="1",
+        **mw,
+    )
+    return env
+
+
+def psycopg2_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def make_dagster_home(path: Path) -> Path:
+    """A DAGSTER_HOME with the repository's dagster.yaml."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", path / "dagster.yaml")
+    return path
+
+
+def stop_group(proc: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group (daemon/webserver spawn code servers and run workers), then SIGKILL."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (grpc servers, run workers)
+    proc.wait(timeout=5)

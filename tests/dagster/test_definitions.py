@@ -10,6 +10,7 @@ import pytest
 
 from mw_dagster.definitions import build_resources, defs
 from mw_dagster.resources import PostgresResource, build_settings
+from sensors.intervals import MIN_INTERVAL_S, interval_s
 
 pytestmark = pytest.mark.unit
 
@@ -69,8 +70,14 @@ def test_checks_jobs_schedules_sensors() -> None:
     }
 
     sensors = {s.name: s for s in repo.sensor_defs}
-    assert set(sensors) == {"rss_poll_sensor", "new_anomalies_sensor", "service_health_sensor"}
+    assert set(sensors) == {
+        "rss_poll_sensor",
+        "new_anomalies_sensor",
+        "service_health_sensor",
+        "orphaned_runs_sensor",
+    }
     assert sensors["rss_poll_sensor"].minimum_interval_seconds == 60
+    assert sensors["new_anomalies_sensor"].minimum_interval_seconds == 30
     assert repo.get_schedule_def("price_anomalies_schedule").job_name == "price_anomalies_job"
 
 
@@ -101,3 +108,40 @@ def test_bad_configuration_fails_without_retries(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(dg.Failure, match="MW_SYMBOLS") as info:
         build_settings(postgres=PostgresResource(database_url="postgresql://x@h/d"))
     assert info.value.allow_retries is False
+
+
+def test_dagster_code_is_sync_and_driver_free() -> None:
+    """STYLE.md §2/§5: SQL, coroutines and drivers live in `mw_core`; Dagster code is a sync wrapper.
+
+    `mw_dagster` and `sensors` define no coroutine, await nothing, import no database/Kafka/feed
+    driver, and use `asyncio` only as ``asyncio.run`` (the seam into `mw_core`).
+    """
+    drivers = {"asyncpg", "aiokafka", "websockets", "feedparser", "psycopg2"}
+    offenders = []
+    for path in [*(ROOT / "mw_dagster").rglob("*.py"), *(ROOT / "sensors").rglob("*.py")]:
+        where = path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.AsyncFunctionDef | ast.Await | ast.AsyncWith | ast.AsyncFor):
+                offenders.append(f"{where}:{node.lineno}: {type(node).__name__}")
+            elif isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+                offenders.extend(f"{where}:{node.lineno}: import {r}" for r in roots & drivers)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in drivers:
+                offenders.append(f"{where}:{node.lineno}: from {node.module}")
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "asyncio"
+                and node.attr != "run"
+            ):
+                offenders.append(f"{where}:{node.lineno}: asyncio.{node.attr}")
+    assert offenders == []
+
+
+def test_sensor_intervals_from_the_environment() -> None:
+    """MW_*_INTERVAL_S shorten sensor ticks (tests, demos), never below the daemon's 5 s loop."""
+    assert interval_s("X", 60, {}) == 60 and interval_s("X", 60, {"X": " "}) == 60
+    assert interval_s("X", 60, {"X": "7"}) == 7
+    assert interval_s("X", 60, {"X": "1"}) == MIN_INTERVAL_S == 5
+    with pytest.raises(ValueError, match="X must be a whole number"):
+        interval_s("X", 60, {"X": "fast"})

@@ -9,10 +9,6 @@ observation through the webserver's REST endpoint.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -20,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from dagster import DagsterRunStatus
@@ -28,11 +23,19 @@ from dagster_graphql import DagsterGraphQLClient
 
 from mw_core.local.ports import free_port
 from mw_dagster.health import report_service_health
+from tests.dagster.helpers import (
+    BIN,
+    ROOT,
+    create_database,
+    dagster_env,
+    drop_database,
+    make_dagster_home,
+    stop_group,
+    with_database,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 LOCATION = "mw_dagster.definitions"
 
 RUN_QUERY = """
@@ -76,42 +79,6 @@ query Obs {
 """
 
 
-def _with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
-async def _create_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def _drop_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate the process group (webserver/daemon spawn code servers and run workers)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (grpc servers, run workers)
-    proc.wait(timeout=5)
-
-
 def _graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
     response = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
     response.raise_for_status()
@@ -124,21 +91,15 @@ def _graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> d
 def dagster_stack(pg_server_url: str, db_url: str, tmp_path: Path) -> Iterator[str]:
     """webserver + daemon on a fresh Dagster database; yields the webserver base URL."""
     dagster_db = f"dagster_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_create_database(pg_server_url, dagster_db))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    asyncio.run(create_database(pg_server_url, dagster_db))
+    home = make_dagster_home(tmp_path / "dagster_home")
     port = free_port("127.0.0.1")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MW_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(home),
-        DAGSTER_PG_URL=_with_database(pg_server_url, dagster_db).replace(
-            "postgresql://", "postgresql+psycopg2://", 1
-        ),
+    env = dagster_env(
+        home,
+        with_database(pg_server_url, dagster_db),
         MW_DATABASE_URL=db_url,
         MW_RSS_FEEDS="",  # no internet: the RSS sensor just skips
         MW_LLM_PROVIDER="template",
-        PYTHONUNBUFFERED="1",
     )
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -174,8 +135,8 @@ def dagster_stack(pg_server_url: str, db_url: str, tmp_path: Path) -> Iterator[s
         yield url
     finally:
         for proc in reversed(procs):
-            _stop(proc)
-        asyncio.run(_drop_database(pg_server_url, dagster_db))
+            stop_group(proc)
+        asyncio.run(drop_database(pg_server_url, dagster_db))
 
 
 def _tail(logs: Path) -> str:
@@ -235,7 +196,12 @@ def test_launch_db_schema_through_graphql_and_read_it_back(dagster_stack: str) -
     # purges ticks and finished runs older than the configured days (0 here = everything so far).
     deadline = time.monotonic() + 60
     ticks: dict[str, list[dict[str, Any]]] = {}
-    for sensor in ("new_anomalies_sensor", "rss_poll_sensor", "service_health_sensor"):
+    for sensor in (
+        "new_anomalies_sensor",
+        "rss_poll_sensor",
+        "service_health_sensor",
+        "orphaned_runs_sensor",
+    ):
         while not (found := _sensor_ticks(url, sensor)):
             assert time.monotonic() < deadline, f"the daemon never ticked {sensor}"
             time.sleep(1)

@@ -7,11 +7,17 @@ run requests and the new cursor. Feeds come from the local feed server, rows fro
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
+import psutil
 import pytest
+from dagster._core.events import DagsterEvent
 
 from mw_core import db
 from mw_core.models import Anomaly, Tick
@@ -23,6 +29,7 @@ from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource
 from sensors.anomalies import new_anomalies_sensor
 from sensors.health import service_health_sensor
 from sensors.rss import RSSCursor, rss_poll_sensor, run_key_for
+from sensors.runs import orphaned_runs_sensor, worker_alive
 from tests.dagster.helpers import insert_ticks, rss
 from tests.fakes.feeds import Feed, FeedServer, Status
 
@@ -204,3 +211,75 @@ def test_sensors_on_a_database_without_schema_skip_or_report_down(db_url: str) -
     assert event.metadata["status"].value == "down" and "UndefinedTableError" in str(
         event.metadata["error"].value
     )
+
+
+# --- orphaned_runs_sensor ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_instance() -> Iterator[dg.DagsterInstance]:
+    """A persistent (sqlite) instance with the `DefaultRunLauncher`, as under the daemon."""
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _started_run(instance: dg.DagsterInstance, job: dg.JobDefinition, *, pid: int) -> dg.DagsterRun:
+    run = instance.create_run_for_job(job)
+    start = DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value, job_name=run.job_name, pid=pid)
+    instance.report_dagster_event(start, run_id=run.run_id)
+    started = instance.get_run_by_id(run.run_id)
+    assert started is not None and started.status == dg.DagsterRunStatus.STARTED
+    return started
+
+
+def test_worker_alive_detects_gone_zombie_and_reused_pids() -> None:
+    me = psutil.Process()
+    assert worker_alive(os.getpid(), time.time())
+    # Same pid, but our process was created long before that "run" started: pid reuse.
+    assert not worker_alive(os.getpid(), me.create_time() - 3600)
+    assert not worker_alive(_dead_pid(), time.time())
+
+
+def test_orphaned_runs_sensor_fails_dead_workers_and_frees_their_slots(
+    local_instance: dg.DagsterInstance,
+) -> None:
+    @dg.op
+    def noop() -> None:
+        return None
+
+    @dg.job
+    def chaos_job() -> None:
+        noop()
+
+    instance = local_instance
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots("llm", 1)
+    orphan = _started_run(instance, chaos_job, pid=_dead_pid())
+    alive = _started_run(instance, chaos_job, pid=os.getpid())
+    storage.claim_concurrency_slot("llm", orphan.run_id, "alert_enrichments")
+    assert storage.get_concurrency_info("llm").active_slot_count == 1
+
+    result = orphaned_runs_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SkipReason) and orphan.run_id in (result.skip_message or "")
+
+    failed = instance.get_run_by_id(orphan.run_id)
+    running = instance.get_run_by_id(alive.run_id)
+    assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+    assert running is not None and running.status == dg.DagsterRunStatus.STARTED
+    assert storage.get_concurrency_info("llm").active_slot_count == 0
+
+    again = orphaned_runs_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(again, dg.SkipReason) and "1 started runs, all workers alive" in (
+        again.skip_message or ""
+    )
+
+
+def test_orphaned_runs_sensor_leaves_other_launchers_alone() -> None:
+    result = orphaned_runs_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()))
+    assert isinstance(result, dg.SkipReason) and "run monitoring" in (result.skip_message or "")

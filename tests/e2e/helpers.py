@@ -73,7 +73,7 @@ def port_in_use(host: str, port: int) -> bool:
 def alive(proc: psutil.Process) -> bool:
     """Running and not a zombie (an orphan's zombie waits for a possibly non-reaping init)."""
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
@@ -229,6 +229,17 @@ query { repositoriesOrError { __typename
   ... on PythonError { message } } }
 """
 
+WORKSPACE = """
+query { workspaceOrError { __typename
+  ... on Workspace { locationEntries { name loadStatus
+    locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+ACTIVE_RUNS = """
+query { runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) {
+  ... on Runs { results { runId status jobName } } } }
+"""
+
 LAUNCH = """
 mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) { __typename
   ... on LaunchRunSuccess { run { runId status } }
@@ -273,13 +284,31 @@ class DagsterAPI:
         assert "errors" not in body, body
         return body["data"]  # type: ignore[no-any-return]
 
-    def discover(self) -> list[str]:
-        """Find our repository's location name; return its asset keys (``a/b`` joined)."""
-        data = self.query(REPOSITORIES)["repositoriesOrError"]
-        assert data["__typename"] == "RepositoryConnection", data
-        (repo,) = [n for n in data["nodes"] if n["name"] == self.repository]
+    def discover(self, *, timeout: float = 60) -> list[str]:
+        """Wait until the code location is loaded (the webserver answers before it is), find our
+        repository's location name and return its asset keys (``a/b`` joined)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.query(REPOSITORIES)["repositoriesOrError"]
+            assert data["__typename"] == "RepositoryConnection", data
+            repos = [n for n in data["nodes"] if n["name"] == self.repository]
+            if repos:
+                break
+            workspace = self.query(WORKSPACE)["workspaceOrError"]
+            assert time.monotonic() < deadline, (
+                f"no repository {self.repository!r} after {timeout:.0f}s: {workspace}"
+            )
+            time.sleep(0.5)
+        (repo,) = repos
         self.location = repo["location"]["name"]
         return sorted("/".join(a["assetKey"]["path"]) for a in repo["assetNodes"])
+
+    def wait_idle(self, *, timeout: float) -> None:
+        """Wait until no run is queued or in progress (the sensors launch runs of their own)."""
+        deadline = time.monotonic() + timeout
+        while busy := self.query(ACTIVE_RUNS)["runsOrError"]["results"]:
+            assert time.monotonic() < deadline, f"runs still active after {timeout:.0f}s: {busy}"
+            time.sleep(1)
 
     def launch(self, assets: Sequence[str], *, partition: str | None = None) -> str:
         tags = [{"key": "mw/test", "value": "e2e"}]

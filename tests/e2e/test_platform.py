@@ -175,15 +175,16 @@ def test_crash_day_through_the_platform_to_the_dagster_ui(
         assert mat["runId"] == runs["price_anomalies"] and mat["partition"] == partition
         found = {e["label"]: e.get("intValue") for e in mat["metadataEntries"]}
         assert found["rows_scanned"] >= expected and found["anomalies_found"] >= 3, found
-        for asset in ("db_schema", "headlines", "alert_enrichments"):
-            assert api.materializations(asset)[0]["runId"] == runs[asset], asset
+        for asset in ("db_schema", "headlines", "alert_enrichments"):  # sensors may materialize too
+            assert runs[asset] in [m["runId"] for m in api.materializations(asset)], asset
         # What the runs wrote, read back from the database (8 of the 11 recorded feed items are valid).
         (batch,) = _sql(db, "SELECT count(*) FROM batch_anomalies WHERE partition_key = %s", partition)
         (headlines,) = _sql(db, "SELECT count(*) FROM headlines")
         (enriched,) = _sql(db, "SELECT count(*) FROM alert_enrichments")
         assert batch[0] == found["anomalies_found"] and headlines[0] >= 8 and enriched[0] >= 1
 
-        # 3. The UI in a real browser.
+        # 3. The UI in a real browser, once the sensors' runs (reacting to the same data) are done.
+        api.wait_idle(timeout=60)
         if chromium is not None:
             _check_ui(chromium, dagster_url, api.location, runs, partition)
 
@@ -215,14 +216,18 @@ def _check_ui(chromium: Chromium, url: str, location: str, runs: dict[str, str],
     # The asset catalog: every materialized asset says so in its row.
     def assets_ready(root: Node) -> bool:
         rows = rows_by_link(root, "/assets/")
-        return all(a in rows for a in ASSETS) and "Materialized" in rows.get("db_schema", "")
+        return all(a in rows for a in ASSETS) and all(
+            re.search(r"(?<!Never )Materialized", rows[a])
+            for a in ("db_schema", "headlines", "alert_enrichments")
+        )
 
     root, budget = chromium.render(f"{url}/assets", assets_ready)
     rows = rows_by_link(root, "/assets/")
     for asset in ("db_schema", "headlines", "alert_enrichments"):
         assert re.search(r"(?<!Never )Materialized", rows[asset]), (asset, rows[asset])
-    # A partitioned asset shows partition counts instead: materialized first, then missing.
-    assert re.search(r"\b1 [\d,]+ 0 0 [\d,]+ partitions", rows["price_anomalies"]), rows["price_anomalies"]
+    # A partitioned asset shows partition counts instead: materialized (>= 1), missing, failed, ...
+    counts = rows["price_anomalies"]
+    assert re.search(r"\b[1-9][\d,]* [\d,]+ \d+ \d+ [\d,]+ partitions", counts), counts
     _shoot(chromium, f"{url}/assets", "dagster-assets.png", budget)
 
     # The asset graph of the markets group: the streamed `prices` feeding `price_anomalies`.
@@ -251,7 +256,9 @@ def _check_ui(chromium: Chromium, url: str, location: str, runs: dict[str, str],
     rows = rows_by_link(root, "/runs/")
     for asset, run_id in runs.items():
         assert "Success" in rows[run_id] and asset in rows[run_id], (asset, rows[run_id])
-    assert not [r for r in rows.values() if "Failure" in r], rows
+    # Runs the sensors launched in reaction to the data succeeded too (scheduled runs that may
+    # happen to fall in the test's minutes are not ours to judge).
+    assert not [r for r in rows.values() if "Failure" in r and "schedule" not in r], rows
     assert partition in rows[runs["price_anomalies"]]
     _shoot(chromium, f"{url}/runs", "dagster-runs.png", budget)
 

@@ -1,25 +1,79 @@
-"""PostgreSQL queries of the batch side: partition reads, batch-anomaly writes, check statistics.
+"""The batch re-computation of anomaly detection (`price_anomalies`) and its stream/batch agreement.
 
 Contract:
-- Plain asyncpg coroutines over a pool from `mw_core.db.create_pool`; no dagster import, so the
-  module can move into `mw_core` unchanged. `PostgresResource` runs them under ``asyncio.run``.
+- No dagster import (STYLE.md §1): the Dagster asset calls `compute_partition` under
+  ``asyncio.run`` through `run_with_pool` and turns the returned `PartitionRun` into metadata.
+- One partition = ``[start_ms, end_ms)``. Its ticks plus the longest window before it (warm-up) are
+  read in one set-based query, the detector the streaming processor uses
+  (`mw_core.anomaly.detect_series`, windows/thresholds/cooldown from `Settings`) runs over them,
+  and the partition's `batch_anomalies` rows are replaced in one transaction, so re-runs and
+  backfills are idempotent.
 - All SQL is static text with ``$n`` parameters. Times travel as epoch-millisecond ``int8`` and are
   converted in SQL (``timestamptz 'epoch' + ms * interval '1 millisecond'``), which is exact.
-- Reads are set-based: one query per question (e.g. every symbol's ticks of a partition, already
-  grouped and ordered, in one round trip). Writes of a partition are one transaction.
+- `DatabaseErrors` / `UndefinedTable` name the driver's errors for callers outside `mw_core`
+  (sensors) so they catch "no database" / "no schema yet" without importing the driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
 from mw_core import db
+from mw_core.anomaly import detect_series
+from mw_core.config import Settings
 from mw_core.models import Anomaly
 
+T = TypeVar("T")
+
+#: A coroutine function of a pool: what `run_with_pool` runs.
+PoolFn = Callable[[asyncpg.Pool], Awaitable[T]]
+
+MINUTE_MS = 60_000
+
+#: "No database / connection lost / SQL error": what a caller of `run_with_pool` may see.
+DatabaseErrors: tuple[type[Exception], ...] = (OSError, asyncpg.PostgresError)
+#: A table is missing: the schema has not been applied yet (a fresh database).
+UndefinedTable = asyncpg.UndefinedTableError
+
+
+# --- the sync seam ---------------------------------------------------------------------------------
+
+
+async def with_pool(url: str, fn: PoolFn[T], *, max_size: int = 4) -> T:
+    """Run ``fn(pool)`` on a fresh pool and close the pool afterwards."""
+    pool = await db.create_pool(url, min_size=1, max_size=max_size)
+    try:
+        return await fn(pool)
+    finally:
+        await pool.close()
+
+
+def run_with_pool(url: str, fn: PoolFn[T], *, max_size: int = 4) -> T:
+    """Synchronous `with_pool`: its own event loop and pool per call.
+
+    An asyncpg pool belongs to the loop that created it, so sync callers (Dagster assets, sensors
+    on gRPC threads) pass a URL and get a short-lived pool; no loop outlives the call.
+    """
+    return asyncio.run(with_pool(url, fn, max_size=max_size))
+
+
 # --- records ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaOverview:
+    """Result of `apply_schema`: the schema state plus our tables' row counts."""
+
+    version: int
+    timescale: bool
+    applied: tuple[int, ...]  # migrations applied by this call
+    counts: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,54 +116,30 @@ class Agreement:
         union = self.both + self.batch_only + self.stream_only
         return 1.0 if union == 0 else self.both / union
 
-
-@dataclass(frozen=True, slots=True)
-class SymbolCoverage:
-    """Ticks of one symbol in a lookback window ending at `now`."""
-
-    symbol: str
-    ticks: int
-    minutes_covered: int
-    newest_ts: int | None  # epoch ms of the newest tick (any time), None if never seen
-
-
-@dataclass(frozen=True, slots=True)
-class PriceDuplicates:
-    """Re-sent frames in a window: ticks whose price+OHLC+volume equal the symbol's previous tick."""
-
-    ticks: int
-    repeats: int
-
-    @property
-    def rate(self) -> float:
-        return 0.0 if self.ticks == 0 else self.repeats / self.ticks
+    @classmethod
+    def total(cls, parts: Sequence[Agreement]) -> Agreement:
+        """The agreement of disjoint ranges taken together (e.g. the days of a backfill)."""
+        return cls(
+            both=sum(p.both for p in parts),
+            batch_only=sum(p.batch_only for p in parts),
+            stream_only=sum(p.stream_only for p in parts),
+        )
 
 
 @dataclass(frozen=True, slots=True)
-class HeadlineStats:
-    total: int
-    newest_published: int | None  # epoch ms
-    newest_fetched: int | None  # epoch ms
-    window_rows: int  # rows fetched in the lookback window
-    window_distinct_titles: int
+class PartitionRun:
+    """What one partition's computation read, found and how it compares with the stream."""
 
-    @property
-    def duplicate_rate(self) -> float:
-        """Share of rows in the window whose normalized title another row already has."""
-        if self.window_rows == 0:
-            return 0.0
-        return 1.0 - self.window_distinct_titles / self.window_rows
-
-
-@dataclass(frozen=True, slots=True)
-class PriceFlow:
-    """What the UI needs to see prices flowing: ticks in the last `window_s` and the newest tick."""
-
-    window_s: int
-    ticks: int
+    key: str
+    rows_scanned: int
+    warmup_rows: int
     symbols: int
-    newest_ts: int | None
-    anomalies_last_hour: int
+    coverage: list[float]  # per symbol with ticks: covered minutes / minutes in the partition
+    anomalies: list[Anomaly]
+    agreement: Agreement
+    read_s: float
+    detect_s: float
+    write_s: float
 
 
 # --- SQL -------------------------------------------------------------------------------------------
@@ -178,70 +208,14 @@ SELECT count(*) FILTER (WHERE b.symbol IS NOT NULL AND s.symbol IS NOT NULL) AS 
 FROM b FULL OUTER JOIN s ON b.symbol = s.symbol AND b.ts = s.ts AND b.window_s = s.window_s
 """
 
-# Per symbol over [now - lookback, now]: ticks and covered minutes; plus the newest tick ever, so a
-# symbol that went silent more than `lookback` ago still shows up (with zero ticks).
-_COVERAGE = """
-WITH w AS (
-    SELECT symbol, count(*) AS ticks,
-           count(DISTINCT date_bin(interval '1 minute', ts, timestamptz 'epoch')) AS minutes
-    FROM prices
-    WHERE ts >  timestamptz 'epoch' + ($1::int8 - $2::int8 * 1000) * interval '1 millisecond'
-      AND ts <= timestamptz 'epoch' + $1::int8 * interval '1 millisecond'
-    GROUP BY symbol
-), wanted AS (
-    SELECT DISTINCT symbol FROM (SELECT unnest($3::text[]) AS symbol UNION ALL SELECT symbol FROM w) x
-)
-SELECT q.symbol, coalesce(w.ticks, 0) AS ticks, coalesce(w.minutes, 0) AS minutes,
-       (SELECT (extract(epoch FROM max(p.ts)) * 1000)::int8 FROM prices p WHERE p.symbol = q.symbol) AS newest
-FROM wanted q LEFT JOIN w USING (symbol)
-ORDER BY q.symbol
-"""
-
-_PRICE_REPEATS = """
-SELECT count(*) AS ticks,
-       count(*) FILTER (WHERE price = prev_price AND open IS NOT DISTINCT FROM prev_open
-                        AND high IS NOT DISTINCT FROM prev_high AND low IS NOT DISTINCT FROM prev_low
-                        AND base_volume IS NOT NULL AND base_volume = prev_volume) AS repeats
-FROM (
-    SELECT price, open, high, low, base_volume,
-           lag(price) OVER w AS prev_price, lag(open) OVER w AS prev_open, lag(high) OVER w AS prev_high,
-           lag(low) OVER w AS prev_low, lag(base_volume) OVER w AS prev_volume
-    FROM prices
-    WHERE ts >  timestamptz 'epoch' + ($1::int8 - $2::int8 * 1000) * interval '1 millisecond'
-      AND ts <= timestamptz 'epoch' + $1::int8 * interval '1 millisecond'
-    WINDOW w AS (PARTITION BY symbol ORDER BY ts)
-) t
-"""
-
-_HEADLINE_STATS = """
-SELECT (SELECT count(*) FROM headlines) AS total,
-       (SELECT (extract(epoch FROM max(published)) * 1000)::int8 FROM headlines) AS newest_published,
-       (SELECT (extract(epoch FROM max(fetched_at)) * 1000)::int8 FROM headlines) AS newest_fetched,
-       count(*) AS window_rows,
-       count(DISTINCT lower(regexp_replace(btrim(title), '\\s+', ' ', 'g'))) AS window_titles
-FROM headlines
-WHERE fetched_at > timestamptz 'epoch' + ($1::int8 - $2::int8 * 1000) * interval '1 millisecond'
-"""
-
-_NEW_ANOMALIES = """
-SELECT id, symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s, ret, direction, price,
-       threshold, volatility, ref_price, (extract(epoch FROM ref_ts) * 1000)::int8 AS ref_ts_ms
-FROM anomalies WHERE id > $1 ORDER BY id LIMIT $2
-"""
-
-_PRICE_FLOW = """
-SELECT count(*) FILTER (WHERE ts > timestamptz 'epoch' + ($1::int8 - $2::int8 * 1000) * interval '1 millisecond')
-           AS ticks,
-       count(DISTINCT symbol) FILTER (
-           WHERE ts > timestamptz 'epoch' + ($1::int8 - $2::int8 * 1000) * interval '1 millisecond') AS symbols,
-       (SELECT (extract(epoch FROM max(p.ts)) * 1000)::int8 FROM prices p) AS newest,
-       (SELECT count(*) FROM anomalies
-        WHERE ts > timestamptz 'epoch' + ($1::int8 - 3600000) * interval '1 millisecond') AS anomalies_1h
-FROM prices
-WHERE ts > timestamptz 'epoch' + ($1::int8 - greatest($2::int8, 3600) * 1000) * interval '1 millisecond'
-"""
-
 # --- queries -------------------------------------------------------------------------------------
+
+
+async def apply_schema(pool: asyncpg.Pool) -> SchemaOverview:
+    """`mw_core.db.apply_schema` (idempotent, advisory-locked), then every table's row count."""
+    info = await db.apply_schema(pool)
+    counts = await db.table_counts(pool)
+    return SchemaOverview(info.version, info.timescale, info.applied, counts)
 
 
 async def load_partition(pool: asyncpg.Pool, *, start_ms: int, end_ms: int, warmup_s: int) -> PartitionPrices:
@@ -299,6 +273,7 @@ async def replace_batch_anomalies(
 
 
 async def agreement(pool: asyncpg.Pool, *, start_ms: int, end_ms: int) -> Agreement:
+    """Stream vs batch anomalies in [start, end), matched by (symbol, ts, window)."""
     row = await pool.fetchrow(_AGREEMENT, start_ms, end_ms)
     if row is None:  # an aggregate always returns one row
         raise RuntimeError("aggregate query returned no row")
@@ -307,60 +282,69 @@ async def agreement(pool: asyncpg.Pool, *, start_ms: int, end_ms: int) -> Agreem
     )
 
 
-async def coverage(
-    pool: asyncpg.Pool, *, now_ms: int, lookback_s: int, symbols: Sequence[str]
-) -> list[SymbolCoverage]:
-    rows = await pool.fetch(_COVERAGE, now_ms, lookback_s, list(symbols))
-    return [
-        SymbolCoverage(
-            r["symbol"], int(r["ticks"]), int(r["minutes"]), None if r["newest"] is None else int(r["newest"])
+# --- the computation -------------------------------------------------------------------------------
+
+
+def detect_partition(data: PartitionPrices, settings: Settings, seeds: dict[str, int]) -> list[Anomaly]:
+    """Run the stream's detector over every symbol of a partition (pure, no I/O).
+
+    Args:
+        data: The partition's ticks and warm-up ticks (`load_partition`).
+        settings: Windows, thresholds and cooldown, shared with the streaming processor.
+        seeds: Each symbol's last alert before the partition (`cooldown_seeds`).
+    """
+    found: list[Anomaly] = []
+    for series in data.series:
+        if not series.ticks:
+            continue
+        found.extend(
+            detect_series(
+                series.symbol,
+                series.ticks,
+                windows_s=settings.windows_s,
+                threshold_for=settings.threshold_for,
+                cooldown_s=settings.cooldown_s,
+                warmup=series.warmup,
+                last_alert_ts=seeds.get(series.symbol),
+            )
         )
-        for r in rows
-    ]
+    return found
 
 
-async def price_repeats(pool: asyncpg.Pool, *, now_ms: int, lookback_s: int) -> PriceDuplicates:
-    row = await pool.fetchrow(_PRICE_REPEATS, now_ms, lookback_s)
-    if row is None:  # an aggregate always returns one row
-        raise RuntimeError("aggregate query returned no row")
-    return PriceDuplicates(ticks=int(row["ticks"]), repeats=int(row["repeats"]))
+async def compute_partition(
+    pool: asyncpg.Pool, settings: Settings, *, key: str, start_ms: int, end_ms: int
+) -> PartitionRun:
+    """Detect one partition's anomalies from `prices`, replace its `batch_anomalies`, compare.
 
-
-async def headline_stats(pool: asyncpg.Pool, *, now_ms: int, lookback_s: int) -> HeadlineStats:
-    row = await pool.fetchrow(_HEADLINE_STATS, now_ms, lookback_s)
-    if row is None:  # an aggregate always returns one row
-        raise RuntimeError("aggregate query returned no row")
-    return HeadlineStats(
-        total=int(row["total"]),
-        newest_published=None if row["newest_published"] is None else int(row["newest_published"]),
-        newest_fetched=None if row["newest_fetched"] is None else int(row["newest_fetched"]),
-        window_rows=int(row["window_rows"]),
-        window_distinct_titles=int(row["window_titles"]),
+    Args:
+        pool: Pool on the Market Watch database (schema applied).
+        settings: Detector settings (the streaming processor's).
+        key: Partition key, stored with each row (e.g. ``2024-08-05``).
+        start_ms: Partition start (inclusive), epoch ms.
+        end_ms: Partition end (exclusive), epoch ms.
+    """
+    t0 = time.perf_counter()
+    data = await load_partition(pool, start_ms=start_ms, end_ms=end_ms, warmup_s=max(settings.windows_s))
+    seeds = await cooldown_seeds(
+        pool, [s.symbol for s in data.series], start_ms=start_ms, cooldown_s=settings.cooldown_s
     )
-
-
-async def anomalies_after(pool: asyncpg.Pool, *, after_id: int, limit: int) -> list[tuple[int, Anomaly]]:
-    """Stream anomalies with ``id > after_id``, oldest first (the sensor's cursor walk)."""
-    rows = await pool.fetch(_NEW_ANOMALIES, after_id, limit)
-    return [(int(r["id"]), db.anomaly_from_row(r)) for r in rows]
-
-
-async def existing_headline_ids(pool: asyncpg.Pool, ids: Sequence[str]) -> set[str]:
-    """Which of `ids` are already stored in `headlines`."""
-    if not ids:
-        return set()
-    rows = await pool.fetch("SELECT id FROM headlines WHERE id = ANY($1::text[])", list(ids))
-    return {r["id"] for r in rows}
-
-
-async def price_flow(pool: asyncpg.Pool, *, now_ms: int, window_s: int = 60) -> PriceFlow:
-    row = await pool.fetchrow(_PRICE_FLOW, now_ms, window_s)
-    if row is None:  # an aggregate always returns one row
-        raise RuntimeError("aggregate query returned no row")
-    return PriceFlow(
-        window_s=window_s,
-        ticks=int(row["ticks"]),
-        symbols=int(row["symbols"]),
-        newest_ts=None if row["newest"] is None else int(row["newest"]),
-        anomalies_last_hour=int(row["anomalies_1h"]),
+    t1 = time.perf_counter()
+    found = detect_partition(data, settings, seeds)
+    t2 = time.perf_counter()
+    await replace_batch_anomalies(pool, partition_key=key, start_ms=start_ms, end_ms=end_ms, anomalies=found)
+    agreed = await agreement(pool, start_ms=start_ms, end_ms=end_ms)
+    t3 = time.perf_counter()
+    minutes = max(1, (end_ms - start_ms) // MINUTE_MS)
+    partition_ticks = sum(len(s.ticks) for s in data.series)
+    return PartitionRun(
+        key=key,
+        rows_scanned=data.rows_scanned,
+        warmup_rows=data.rows_scanned - partition_ticks,
+        symbols=sum(1 for s in data.series if s.ticks),
+        coverage=[s.minutes_covered / minutes for s in data.series if s.ticks],
+        anomalies=found,
+        agreement=agreed,
+        read_s=t1 - t0,
+        detect_s=t2 - t1,
+        write_s=t3 - t2,
     )

@@ -1,8 +1,9 @@
-"""Coroutines that compose `mw_core` adapters for one asset run (fetch -> store -> publish).
+"""Coroutines that compose `mw_core` adapters for one batch run (fetch -> store -> publish).
 
 Contract:
-- No dagster import and no Dagster types: assets call these under ``asyncio.run`` and turn the
-  returned records into metadata. Each call owns its pool and Kafka producer and closes them.
+- No dagster import and no Dagster types (STYLE.md §1): the Dagster assets call these under
+  ``asyncio.run`` and turn the returned records into metadata. Each call owns its pool and Kafka
+  producer and closes them, so no event loop or connection outlives the call.
 - Publishing happens only after the rows are committed, and only for rows this call stored (the
   `mw_core` inserts report exactly those), so a re-run never publishes twice.
 """

@@ -1,0 +1,297 @@
+"""Chaos-suite helpers: real `mw process` subprocesses, a fast producer, topic readers, DB reads.
+
+Contract:
+- `ProcessorProcess` runs ``python -m mw_core.cli process`` in its own session (process group),
+  configured only through ``MW_*`` environment variables, in its own working directory (so no
+  stray ``.env`` is read). Output goes to files that the tests scan afterwards. `kill()` signals
+  the whole process group; `stop()` is the graceful SIGTERM path with a SIGKILL fallback.
+- `read_topic` reads every partition of a topic up to the high watermark reported by the fetch
+  responses (Tansu's `end_offsets` is wrong for multi-record batches, the fetch high watermark is
+  right), so it needs no expected count.
+- Nothing here patches code: faults are real signals, real server stops, real bad bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from mw_core import bus, codec, db
+from mw_core.config import Settings
+from mw_core.local.ports import free_port
+from mw_core.models import Tick
+
+T0 = 1_722_816_000_000  # 2024-08-05 00:00 UTC
+
+_ASSIGNED = re.compile(r"assigned partitions \[([\d, ]*)\]")
+
+
+def processor_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a `mw process` child: the parent's, minus its MW_*, plus these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MW_")}
+    assert settings.database_url is not None and settings.kafka_bootstrap is not None
+    env.update(
+        {
+            "MW_DATABASE_URL": settings.database_url.get_secret_value(),
+            "MW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "MW_TOPIC_PRICES": settings.topic_prices,
+            "MW_TOPIC_ALERTS": settings.topic_alerts,
+            "MW_TOPIC_DLQ": settings.topic_dlq,
+            "MW_TOPIC_NEWS": settings.topic_news,
+            "MW_CONSUMER_GROUP": settings.consumer_group,
+            "MW_PRICES_PARTITIONS": str(settings.prices_partitions),
+            "MW_BATCH_MAX_RECORDS": str(settings.batch_max_records),
+            "MW_BATCH_TIMEOUT_MS": str(settings.batch_timeout_ms),
+            "MW_STATE_DIR": str(settings.state_dir),
+            "MW_LLM_PROVIDER": "template",
+            "MW_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class ProcessorProcess:
+    """One `mw process` child process (its own session, so signals reach all of it)."""
+
+    def __init__(
+        self, settings: Settings, workdir: Path, *, name: str = "processor", env: Mapping[str, str] = {}
+    ) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.port = free_port()
+        self.env = processor_env(settings, MW_METRICS_PORT=str(self.port), **env)
+        self.stdout_path = workdir / f"{name}.out"
+        self.stderr_path = workdir / f"{name}.err"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ProcessorProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mw_core.cli", "process"],
+                env=self.env,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the child's whole process group; with SIGKILL, reap it."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """Graceful stop (SIGTERM, the production path); SIGKILL if it does not exit in time."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+        return int(self.proc.returncode)
+
+    def output(self) -> str:
+        parts = []
+        for path in (self.stdout_path, self.stderr_path):
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        return "\n".join(parts)
+
+    def assigned_partitions(self) -> list[int] | None:
+        """The partitions of the latest `assigned partitions [...]` log line, if any."""
+        found = (
+            _ASSIGNED.findall(self.stderr_path.read_text(errors="replace"))
+            if self.stderr_path.exists()
+            else []
+        )
+        if not found:
+            return None
+        return [int(p) for p in found[-1].split(",") if p.strip()]
+
+    async def health(self) -> tuple[int, dict[str, Any]] | None:
+        """(HTTP status, /healthz JSON), or None while nothing answers."""
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                resp = await client.get(f"http://127.0.0.1:{self.port}/healthz")
+        except httpx.HTTPError:
+            return None
+        return resp.status_code, resp.json()
+
+    async def metrics_text(self) -> str:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            resp = await client.get(f"http://127.0.0.1:{self.port}/metrics")
+        return resp.text
+
+    def __repr__(self) -> str:
+        return f"<{self.name} pid={self.proc.pid if self.proc else None}>"
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]], *, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll `check` until it returns something truthy; return it, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def produce_ticks(
+    settings: Settings,
+    ticks: Iterable[Tick],
+    raw: Iterable[tuple[bytes | None, bytes | None]] = (),
+) -> dict[str, int]:
+    """Produce ticks (codec format), then raw (key, value) records, to `prices`.
+
+    Returns:
+        symbol -> the partition its ticks went to (the default partitioner hashes the key).
+    """
+    await bus.ensure_topics(settings)
+    producer = bus.producer(settings, linger_ms=20)
+    await producer.start()
+    futures: dict[str, asyncio.Future[Any]] = {}
+    try:
+        for tick in ticks:
+            key, value = codec.encode_tick(tick)
+            futures[tick.symbol] = await producer.send(settings.topic_prices, value, key=key)
+        for key, value in raw:
+            await producer.send(settings.topic_prices, value, key=key)
+        await producer.flush()
+        return {symbol: (await fut).partition for symbol, fut in futures.items()}
+    finally:
+        await producer.stop()
+
+
+async def produce_records(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+    """Produce raw (key, value) records to `prices` in the given order."""
+    await produce_ticks(settings, (), records)
+
+
+async def read_topic(settings: Settings, topic: str, *, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every record of `topic` (all partitions), JSON-decoded, up to the current high watermarks."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        await consumer.topics()  # metadata for every topic
+        parts = consumer.partitions_for_topic(topic)
+        assert parts, f"topic {topic} does not exist"
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while True:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                out.extend(orjson.loads(r.value) for r in records)
+            done = True
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is None or await consumer.position(tp) < hw:
+                    done = False
+            if done and not batch:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end in {timeout:.0f}s")
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(settings: Settings) -> dict[int, int | None]:
+    """The consumer group's committed offsets on `prices` (`committed()`; Tansu's admin API is broken).
+
+    The consumer never subscribes, so it does not join the group and cannot disturb its members.
+    """
+    consumer = bus.consumer(settings, group_id=settings.consumer_group)
+    await consumer.start()
+    try:
+        return {
+            p: await consumer.committed(TopicPartition(settings.topic_prices, p))
+            for p in range(settings.prices_partitions)
+        }
+    finally:
+        await consumer.stop()
+
+
+async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def fetchval(url: str, sql: str, *args: object) -> Any:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def ensure_schema(url: str) -> None:
+    """Create the schema up front, so the test can poll tables before the processor first starts."""
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        await db.apply_schema(pool)
+    finally:
+        await pool.close()
+
+
+async def stored_ticks(url: str) -> list[tuple[str, int, float]]:
+    rows = await fetch(
+        url, "SELECT symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, price FROM prices"
+    )
+    return [(r["symbol"], int(r["ts_ms"]), float(r["price"])) for r in rows]
+
+
+async def anomaly_keys(url: str) -> list[tuple[str, int, int]]:
+    rows = await fetch(
+        url, "SELECT symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s FROM anomalies"
+    )
+    return [(r["symbol"], int(r["ts_ms"]), int(r["window_s"])) for r in rows]
+
+
+def alert_key(alert: Mapping[str, Any]) -> tuple[str, int, int]:
+    return (str(alert["symbol"]), int(alert["ts"]), int(alert["window_s"]))

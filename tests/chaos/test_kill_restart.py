@@ -1,0 +1,271 @@
+"""SIGKILL the processor at random points of a 200,000-tick stream; restart it each time.
+
+Scaled from the issue's 20 kills to `KILLS` (each kill costs ~11 s of Tansu group rejoin: the
+dead member's 6 s session must expire before its partitions move). The tick count is the issue's.
+Batches are 2,000 records (default 20,000) so that the 200,000 ticks make ~100 batches and the
+kills land in many different batches and pipeline phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from mw_core.config import Settings
+from mw_core.models import Tick
+from tests.chaos.support import (
+    T0,
+    ProcessorProcess,
+    alert_key,
+    anomaly_keys,
+    committed_offsets,
+    ensure_schema,
+    fetch,
+    produce_ticks,
+    read_topic,
+    stored_ticks,
+    wait_for,
+)
+
+pytestmark = pytest.mark.chaos
+
+SEED = int(os.environ.get("MW_CHAOS_SEED", "20241124"))
+N_SYMBOLS = 20
+N_PER_SYMBOL = 10_000  # 200,000 ticks
+KILLS = int(os.environ.get("MW_CHAOS_KILLS", "10"))
+KILL_JITTER_S = 0.15
+
+
+def market(seed: int, symbols: int, n: int) -> list[Tick]:
+    """A seeded random walk per symbol (1 tick/s) with +-4 % jumps about every 300 ticks."""
+    rng = random.Random(seed)
+    names = [f"K{i:02d}USDT" for i in range(symbols)]
+    price = dict.fromkeys(names, 100.0)
+    out = []
+    for i in range(n):
+        for s in names:
+            step = rng.gauss(0, 0.0005)
+            if rng.random() < 1 / 300:
+                step += rng.choice((-0.04, 0.04))
+            price[s] *= 1 + step
+            out.append(Tick(s, T0 + i * 1000, round(price[s], 6), source="replay"))
+    return out
+
+
+async def _count(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM prices"))
+
+
+async def _settled(url: str, total: int) -> bool:
+    rows = await fetch(
+        url,
+        "SELECT (SELECT count(*) FROM prices) AS n,"
+        " (SELECT count(*) FROM anomalies WHERE published_at IS NULL) AS unpublished",
+    )
+    return rows[0]["n"] == total and rows[0]["unpublished"] == 0
+
+
+@pytest.mark.timeout(300)
+async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
+    make_settings: Callable[..., Settings],
+    make_db: Callable[[], Awaitable[str]],
+    tmp_path: Path,
+    chaos_record: Callable[..., None],
+) -> None:
+    rng = random.Random(SEED)
+    settings = make_settings(prices_partitions=6, batch_max_records=2_000)
+    assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
+    clean_url = await make_db()
+    clean = make_settings(
+        prices_partitions=6,
+        batch_max_records=2_000,
+        database_url=clean_url,
+        consumer_group=settings.consumer_group + "-clean",
+        topic_alerts=settings.topic_alerts + "-clean",
+        topic_dlq=settings.topic_dlq + "-clean",
+    )
+    await ensure_schema(url)
+    await ensure_schema(clean_url)
+    ticks = market(SEED, N_SYMBOLS, N_PER_SYMBOL)
+    total = len(ticks)
+    started = time.monotonic()
+    await produce_ticks(settings, ticks)
+    produced_s = time.monotonic() - started
+
+    # The reference: one processor, never disturbed, same data, its own DB / group / alert topic.
+    reference = ProcessorProcess(clean, tmp_path / "clean", name="clean").start()
+
+    targets = sorted(rng.sample(range(total // 20, total - total // 20), KILLS))
+    kills: list[dict[str, int | float]] = []
+    exposed: set[tuple[str, int, int]] = set()  # alerts in Kafka whose published_at is NULL
+    incarnation = 0
+    proc = ProcessorProcess(settings, tmp_path / "chaos", name=f"chaos-{incarnation}").start()
+    conn = await asyncpg.connect(url)
+    try:
+        for target in targets:
+            spawned_at, at_spawn = time.monotonic(), await _count(conn)
+            goal = max(target, at_spawn + 1)  # every incarnation makes some durable progress
+
+            async def reached(goal: int = goal) -> bool:
+                return await _count(conn) >= goal
+
+            await wait_for(reached, timeout=90, interval=0.01, what=f"{goal} stored ticks")
+            resumed_s = time.monotonic() - spawned_at
+            await asyncio.sleep(rng.uniform(0, KILL_JITTER_S))
+            proc.kill(signal.SIGKILL)
+            at_kill = await _count(conn)
+            incarnation += 1
+            proc = ProcessorProcess(settings, tmp_path / "chaos", name=f"chaos-{incarnation}").start()
+            # Safe to measure now: the dead member keeps its partitions until its session expires.
+            committed = await committed_offsets(settings)
+            unpublished = {
+                (r["symbol"], int(r["ts_ms"]), int(r["window_s"]))
+                for r in await conn.fetch(
+                    "SELECT symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s"
+                    " FROM anomalies WHERE published_at IS NULL"
+                )
+            }
+            sent = {alert_key(a) for a in await read_topic(settings, settings.topic_alerts)}
+            # New keys only: an orphan stays unmarked until a later incarnation reaches its partition.
+            newly_exposed = (unpublished & sent) - exposed
+            exposed |= unpublished & sent
+            kills.append(
+                {
+                    "target": target,
+                    "stored_at_kill": at_kill,
+                    "uncommitted_stored": at_kill - sum(c or 0 for c in committed.values()),
+                    "alerts_sent_not_marked": len(newly_exposed),
+                    "s_to_progress_after_restart": round(resumed_s, 1),
+                }
+            )
+        await wait_for(lambda: _settled(url, total), timeout=90, interval=0.2, what="chaos run to finish")
+        await wait_for(lambda: _settled(clean_url, total), timeout=60, interval=0.2, what="clean run")
+    finally:
+        await conn.close()
+        rc_chaos, rc_clean = proc.stop(), reference.stop()
+    elapsed = time.monotonic() - started
+
+    # 1. prices holds exactly the produced ticks: no gap, no duplicate.
+    stored = await stored_ticks(url)
+    assert len(stored) == total
+    assert set(stored) == {(t.symbol, t.ts, t.price) for t in ticks}
+    committed = await committed_offsets(settings)
+    assert sum(c or 0 for c in committed.values()) == total
+
+    # 2. anomalies equal those of the undisturbed run.
+    chaos_anomalies, clean_anomalies = await anomaly_keys(url), await anomaly_keys(clean_url)
+    assert len(clean_anomalies) > 100
+    assert set(chaos_anomalies) == set(clean_anomalies)
+
+    # 3. every anomaly alerted exactly once.
+    alerts = Counter(alert_key(a) for a in await read_topic(settings, settings.topic_alerts))
+    duplicates = {k: n for k, n in alerts.items() if n > 1}
+    chaos_record(
+        ticks=total,
+        kills=len(kills),
+        seed=SEED,
+        produce_s=round(produced_s, 1),
+        elapsed_s=round(elapsed, 1),
+        anomalies=len(chaos_anomalies),
+        alerts_published=sum(alerts.values()),
+        duplicate_alerts=sum(n - 1 for n in duplicates.values()),
+        kills_in_outbox_window=sum(1 for k in kills if k["alerts_sent_not_marked"]),
+        alerts_exposed_in_outbox_window=len(exposed),
+        replayed_ticks=sum(int(k["uncommitted_stored"]) for k in kills),
+        exit_codes=(rc_chaos, rc_clean),
+        per_kill=kills,
+    )
+    assert set(alerts) == set(chaos_anomalies)
+    assert not duplicates, f"{len(duplicates)} alerts published more than once: {sorted(duplicates)[:5]}"
+    assert (await read_topic(settings, settings.topic_dlq)) == []
+    assert rc_chaos == 0 and rc_clean == 0
+
+
+# Holds every `published_at` update inside PostgreSQL: the processor has sent the alerts and waits
+# for the mark, so a SIGKILL now lands exactly in the outbox window (sent, not marked).
+_HOLD_MARK = [
+    """
+    CREATE FUNCTION chaos_hold_publish() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_sleep(120); RETURN NEW; END $$
+    """,
+    """
+    CREATE TRIGGER chaos_hold BEFORE UPDATE OF published_at ON anomalies
+        FOR EACH ROW EXECUTE FUNCTION chaos_hold_publish()
+    """,
+]
+_HELD = """
+SELECT pid FROM pg_stat_activity
+WHERE state = 'active' AND query LIKE 'UPDATE anomalies SET published_at%'
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_sigkill_between_alert_send_and_mark_publishes_each_alert_once(
+    make_settings: Callable[..., Settings], tmp_path: Path, chaos_record: Callable[..., None]
+) -> None:
+    settings = make_settings(prices_partitions=3)
+    assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
+    await ensure_schema(url)
+    conn = await asyncpg.connect(url)
+    try:
+        for sql in _HOLD_MARK:
+            await conn.execute(sql)
+        # Two symbols, each with one +5 % jump: two anomalies (60 s) and 300 s follow-ups.
+        ticks = [t for s in ("OWAUSDT", "OWBUSDT") for t in _walk(s, 400, jump_at=200, jump=0.05)]
+        await produce_ticks(settings, ticks)
+        first = ProcessorProcess(settings, tmp_path, name="first").start()
+        held = await wait_for(lambda: conn.fetch(_HELD), timeout=60, what="the held published_at update")
+        sent = await read_topic(settings, settings.topic_alerts)
+        assert sent, "the alerts must be in Kafka before the kill"
+        first.kill(signal.SIGKILL)
+        for row in held:  # the dead client's statement: cancel it, so its update rolls back
+            await conn.execute("SELECT pg_cancel_backend($1)", row["pid"])
+        await conn.execute("DROP TRIGGER chaos_hold ON anomalies")
+        await wait_for(lambda: _no_held(conn), timeout=10, what="the held update to roll back")
+        unmarked = await conn.fetchval("SELECT count(*) FROM anomalies WHERE published_at IS NULL")
+        assert unmarked >= len(sent)
+
+        second = ProcessorProcess(settings, tmp_path, name="second").start()
+        await wait_for(lambda: _settled(url, len(ticks)), timeout=60, what="the restart to publish")
+        metrics = await second.metrics_text()
+        assert second.stop() == 0
+    finally:
+        await conn.close()
+    alerts = Counter(alert_key(a) for a in await read_topic(settings, settings.topic_alerts))
+    anomalies = await anomaly_keys(url)
+    chaos_record(
+        alerts_sent_before_kill=len(sent),
+        unmarked_after_kill=unmarked,
+        anomalies=len(anomalies),
+        alerts_published=sum(alerts.values()),
+        duplicate_alerts=sum(n - 1 for n in alerts.values()),
+    )
+    assert set(alerts) == set(anomalies)
+    assert max(alerts.values()) == 1, f"published twice: {[k for k, n in alerts.items() if n > 1]}"
+    # ...because the restarted processor found them in Kafka and only marked them.
+    assert f"mw_processor_alerts_already_sent_total {float(len(sent))}" in metrics
+
+
+async def _no_held(conn: asyncpg.Connection) -> bool:
+    return not await conn.fetch(_HELD)
+
+
+def _walk(symbol: str, n: int, *, jump_at: int, jump: float) -> list[Tick]:
+    out, price = [], 100.0
+    for i in range(n):
+        price *= 1.0005 if i % 2 else 0.9995
+        if i == jump_at:
+            price *= 1 + jump
+        out.append(Tick(symbol, T0 + i * 1000, round(price, 6), source="replay"))
+    return out
