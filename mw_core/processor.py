@@ -422,6 +422,10 @@ class Processor:
                 asyncpg.InterfaceError,
                 asyncpg.CannotConnectNowError,
                 asyncpg.AdminShutdownError,
+                # A pooled connection that got the server's shutdown notice while idle can be
+                # handed out before its socket close is seen; using it raises this. The pool
+                # then terminates it, so the next attempt gets a fresh connection.
+                asyncpg.InternalClientError,
                 TimeoutError,
             ) as exc:
                 attempt += 1

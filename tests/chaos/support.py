@@ -190,8 +190,8 @@ async def produce_ticks(
         for tick in ticks:
             key, value = codec.encode_tick(tick)
             futures[tick.symbol] = await producer.send(settings.topic_prices, value, key=key)
-        for key, value in raw:
-            await producer.send(settings.topic_prices, value, key=key)
+        for raw_key, raw_value in raw:
+            await producer.send(settings.topic_prices, raw_value, key=raw_key)
         await producer.flush()
         return {symbol: (await fut).partition for symbol, fut in futures.items()}
     finally:
@@ -257,7 +257,8 @@ async def committed_offsets(settings: Settings) -> dict[int, int | None]:
 async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(url, timeout=10)
     try:
-        return await conn.fetch(sql, *args)
+        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+        return rows
     finally:
         await conn.close()
 

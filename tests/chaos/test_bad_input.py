@@ -75,7 +75,10 @@ def malformed(rng: random.Random, n: int) -> list[tuple[Record, str]]:
         ("bad_symbol", lambda i: (k, _j({"symbol": i, "price": 1.0, "ts": ts}))),
     ]
     # Heavy ones once each: 100,000-deep nesting and a 1 MB blob.
-    out = [((k, b"[" * 100_000), "malformed_json"), ((k, b"\x00" * 1_000_000), "malformed_json")]
+    out: list[tuple[Record, str]] = [
+        ((k, b"[" * 100_000), "malformed_json"),
+        ((k, b"\x00" * 1_000_000), "malformed_json"),
+    ]
     out += [(make(i), reason) for i, (reason, make) in enumerate(makers)]
     while len(out) < n:
         reason, make = makers[rng.randrange(len(makers))]
@@ -110,7 +113,10 @@ async def _run_until(
             return None
         return health[1]
 
-    return await wait_for(done, timeout=timeout, interval=0.2, what=f"{stored} stored + {dead} dead letters")
+    health: dict[str, object] = await wait_for(
+        done, timeout=timeout, interval=0.2, what=f"{stored} stored + {dead} dead letters"
+    )
+    return health
 
 
 def _dlq_metrics(text: str) -> Counter[str]:

@@ -54,6 +54,7 @@ from tests.fakes.feeds import Feed, FeedServer
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 RUN_KEY = "dagster/run_key"
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 T0 = 1_722_820_259_999  # 2024-08-05 01:10:59.999 UTC (the crash of the crash day)
 FIRST_NEWS = [(f"c{i}", f"Bitcoin chaos headline {i}") for i in range(1, 5)]
 LATER_NEWS = [(f"d{i}", f"Ether headline while the daemon was down {i}") for i in range(1, 4)]
@@ -97,13 +98,24 @@ class Daemon:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
-def _wait(what: str, predicate: Callable[[], bool], *, timeout: float, daemon: Daemon) -> None:
+def _wait(
+    what: str,
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    daemon: Daemon,
+    instance: dg.DagsterInstance,
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        if not daemon.alive():
-            pytest.fail(f"daemon exited while waiting for {what}:\n{daemon.tail()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{daemon.tail()}")
+        problem = "daemon exited" if not daemon.alive() else None
+        if problem is None and time.monotonic() > deadline:
+            problem = f"timed out after {timeout:.0f} s"
+        if problem:
+            runs = "\n".join(
+                f"  {r.run_id} {r.job_name} {r.status.value} {r.tags.get(RUN_KEY)}" for r in _runs(instance)
+            )
+            pytest.fail(f"{problem} waiting for {what}; runs:\n{runs}\n{daemon.tail()}")
         time.sleep(0.5)
 
 
@@ -176,13 +188,21 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
             # --- phase 1: sensors tick and request runs; kill the group while they are in flight.
             daemon.start()
 
+            # Kill while a run worker is executing (STARTED). Wait until no run is QUEUED or
+            # STARTING: the feed and the anomalies do not change before the kill, so the sensors
+            # request nothing new, and no run can be caught between launch and RUN_START (such a
+            # run is failed by run monitoring only after start_timeout_seconds, 180 s).
             def in_flight() -> bool:
                 runs = _runs(instance)
                 jobs = {r.job_name for r in runs if r.tags.get(RUN_KEY)}
-                started = any(r.status == dg.DagsterRunStatus.STARTED for r in runs)
-                return {"headlines_job", "alert_enrichments_job"} <= jobs and started
+                statuses = {r.status for r in runs}
+                return (
+                    {"headlines_job", "alert_enrichments_job"} <= jobs
+                    and dg.DagsterRunStatus.STARTED in statuses
+                    and statuses <= {dg.DagsterRunStatus.STARTED, *FINISHED}
+                )
 
-            _wait("runs of both sensors, one in flight", in_flight, timeout=75, daemon=daemon)
+            _wait("a run worker in flight", in_flight, timeout=60, daemon=daemon, instance=instance)
             daemon.kill()
             killed_at = time.monotonic()
             before = _cursors(instance)
@@ -203,7 +223,9 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
                 enriched = asyncio.run(_fetch(db_url, "SELECT anomaly_id FROM alert_enrichments"))
                 return {r["title"] for r in stored} >= titles and len(enriched) >= 5
 
-            _wait("news and anomalies after the restart", all_done, timeout=90, daemon=daemon)
+            _wait(
+                "news and anomalies after the restart", all_done, timeout=90, daemon=daemon, instance=instance
+            )
             # Runs whose worker died with the daemon are failed by orphaned_runs_sensor (without
             # it they would stay STARTED for max_runtime_seconds, holding the `llm` pool slot).
             orphans = {i for i, status in runs_before.items() if status == dg.DagsterRunStatus.STARTED}
@@ -215,13 +237,14 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
                     for i in orphans
                 )
 
-            _wait("orphaned runs to be failed", orphans_failed, timeout=30, daemon=daemon)
+            _wait("orphaned runs to be failed", orphans_failed, timeout=30, daemon=daemon, instance=instance)
             # One more sensor tick so the cursors reflect the finished runs.
             _wait(
                 "the anomaly cursor to cover every row",
                 lambda: _cursors(instance).get("new_anomalies_sensor") == "5",
                 timeout=30,
                 daemon=daemon,
+                instance=instance,
             )
             after = _cursors(instance)
             runs = _runs(instance)

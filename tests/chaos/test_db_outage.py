@@ -129,7 +129,7 @@ async def test_postgres_outage_degrades_commits_nothing_and_drains_after(
             await producer
 
             async def drained() -> bool:
-                return await fetchval(url, "SELECT count(*) FROM prices") == len(ticks)
+                return bool(await fetchval(url, "SELECT count(*) FROM prices") == len(ticks))
 
             await wait_for(drained, timeout=30, what="the backlog to drain")
             drained_s = time.monotonic() - restarted_at

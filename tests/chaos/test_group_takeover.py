@@ -77,7 +77,7 @@ async def test_survivor_takes_over_rehydrates_and_detects_split_jump(
         n_first = sum(len(v) for v in first.values())
 
         async def stored_first() -> bool:
-            return await fetchval(url, "SELECT count(*) FROM prices") == n_first
+            return bool(await fetchval(url, "SELECT count(*) FROM prices") == n_first)
 
         await wait_for(stored_first, timeout=30, what="the first ticks to be stored")
         assert not await fetch(url, "SELECT 1 FROM anomalies"), "no single step may alert"
@@ -94,7 +94,7 @@ async def test_survivor_takes_over_rehydrates_and_detects_split_jump(
 
         async def all_alerted() -> bool:
             rows = await fetch(url, "SELECT count(*) AS n FROM anomalies WHERE published_at IS NOT NULL")
-            return rows[0]["n"] == len(SYMBOLS)
+            return bool(rows[0]["n"] == len(SYMBOLS))
 
         await wait_for(taken_over, timeout=45, interval=0.2, what="the survivor to take all partitions")
         takeover_s = time.monotonic() - killed_at

@@ -71,10 +71,10 @@ async def _settled(url: str, total: int) -> bool:
         "SELECT (SELECT count(*) FROM prices) AS n,"
         " (SELECT count(*) FROM anomalies WHERE published_at IS NULL) AS unpublished",
     )
-    return rows[0]["n"] == total and rows[0]["unpublished"] == 0
+    return bool(rows[0]["n"] == total and rows[0]["unpublished"] == 0)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(120 + 15 * KILLS)
 async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     make_settings: Callable[..., Settings],
     make_db: Callable[[], Awaitable[str]],
