@@ -220,7 +220,9 @@ def bench_processor(
 @app.command()
 def config(
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's configuration table.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the README's configuration table.")
+    ] = False,
 ) -> None:
     """Show the effective configuration (secrets masked)."""
     if markdown:

@@ -141,7 +141,8 @@ class Settings(BaseSettings):
 
     # --- news and LLM -------------------------------------------------------------------------
     rss_feeds: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_FEEDS), description="RSS/Atom feed URLs (CSV); `none` for no feeds."
+        default_factory=lambda: list(DEFAULT_FEEDS),
+        description="RSS/Atom feed URLs (CSV); `none` for no feeds.",
     )
     llm_provider: Literal["openai", "gemini", "ollama", "template"] = Field(
         "openai", description="LLM provider (OpenAI-compatible API)."

@@ -114,9 +114,11 @@ async def test_postgres_outage_degrades_commits_nothing_and_drains_after(
             assert committed_late == committed_early, "offsets were committed while PostgreSQL was down"
             assert statuses == {"degraded"}
 
+            port = pg.port
             restarted_at = time.monotonic()
             backlog = len(ticks) - sum(c or 0 for c in committed_late.values())
             await asyncio.to_thread(pg.start)
+            assert pg.port == port, "PostgreSQL came back on another port (its old one was taken)"
 
             async def healthy() -> bool:
                 health = await proc.health()

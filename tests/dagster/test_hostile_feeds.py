@@ -22,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from mw_core.config import Settings
-from mw_dagster.assets.news import headlines
+from mw_dagster.assets.news import AllFeedsFailed, headlines
 from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource
 from tests.fakes.feeds import Feed, FeedServer
 
@@ -126,21 +126,32 @@ def test_headlines_asset_over_the_hostile_corpus(
 
 
 def test_newest_preview_of_each_crafted_feed(postgres: PostgresResource, db_url: str) -> None:
-    """One run per crafted feed on an empty table, so the preview shows exactly that feed's items."""
+    """One run per crafted feed on an empty table, so the preview shows exactly that feed's items.
+
+    The asset is invoked directly (one attempt): a feed that yields nothing makes it raise
+    `AllFeedsFailed`, and `dg.materialize` would sit through its retry policy's backoff.
+    """
+    previews = 0
     with FeedServer() as server:
         for path in sorted((HOSTILE / "crafted").glob("*.xml")):
             asyncio.run(_wipe(db_url))
             url = server.add(f"/{path.name}", Feed(path.read_bytes()))
-            resources = {"postgres": postgres, "kafka": KafkaResource(), "rss": RSSResource(feeds=url)}
-            result = dg.materialize([headlines], resources=resources, raise_on_error=False)
-            if not result.success:  # every feed failed: the asset raises AllFeedsFailed, by design
+            try:
+                result = headlines(
+                    dg.build_asset_context(),
+                    postgres=postgres,
+                    kafka=KafkaResource(),
+                    rss=RSSResource(feeds=url),
+                )
+            except AllFeedsFailed:  # not a feed at all / unreadable: reported (plain text), not stored
                 continue
-            meta = _meta(result)
+            assert isinstance(result, dg.MaterializeResult) and result.metadata is not None
+            meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
             newest = str(meta["newest"])
             _assert_clean_markdown(newest, path.name)
             _assert_clean_markdown(str(meta["per_feed"]), path.name)
             stored = asyncio.run(_rows(db_url))
-            # Every stored title is in the preview (escaped/truncated cells aside), i.e. the preview
-            # really shows the hostile items rather than an empty table.
-            if stored and len(stored) <= 10:
-                assert newest.count("\n") == len(stored) + 1, (path.name, newest)
+            # The preview really shows the hostile items (one table row each), not an empty table.
+            assert newest.count("\n") == min(len(stored), 10) + 1 or not stored, (path.name, newest)
+            previews += bool(stored)
+    assert previews >= 10

@@ -18,7 +18,11 @@ pytestmark = pytest.mark.integration
 def mw(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mw_core.cli", *args],
-        env={**os.environ, "COLUMNS": "200", **env}, capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, "COLUMNS": "200", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -41,17 +45,24 @@ def test_doctor_reports_db_and_kafka_ok_and_binance_unreachable(settings: Settin
 
 
 def test_doctor_fails_when_the_database_is_down() -> None:
-    proc = mw(["doctor", "--timeout", "2"], {
-        "MW_DATABASE_URL": f"postgresql://postgres:pw-canary@127.0.0.1:{free_port()}/x",
-        "MW_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "MW_RSS_FEEDS": "none",
-    })
+    proc = mw(
+        ["doctor", "--timeout", "2"],
+        {
+            "MW_DATABASE_URL": f"postgresql://postgres:pw-canary@127.0.0.1:{free_port()}/x",
+            "MW_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+            "MW_RSS_FEEDS": "none",
+        },
+    )
     assert proc.returncode == 1
     assert "fail" in proc.stdout
     assert "pw-canary" not in proc.stdout + proc.stderr
 
 
 def test_config_json_masks_secrets_and_invalid_config_names_the_variable() -> None:
-    proc = mw(["config", "--json"], {"MW_LLM_API_KEY": "sk-canary-xyz", "MW_DATABASE_URL": "postgresql://u:pw-canary@h/d"})
+    proc = mw(
+        ["config", "--json"],
+        {"MW_LLM_API_KEY": "sk-canary-xyz", "MW_DATABASE_URL": "postgresql://u:pw-canary@h/d"},
+    )
     assert proc.returncode == 0, proc.stderr
     data = orjson.loads(proc.stdout)
     assert data["llm_api_key"] == "**********"

@@ -47,9 +47,19 @@ def test_cli_replay_json_of_several_symbols(settings: Settings) -> None:
         "MW_STATE_DIR": str(settings.state_dir),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "mw_core.cli", "replay", "--json",
-         str(FIXTURES / "SOLUSDT-1m-2024-08-05.csv"), str(FIXTURES / "ADAUSDT-1m-2024-08-05.csv")],
-        env=env, capture_output=True, timeout=240, check=False,
+        [
+            sys.executable,
+            "-m",
+            "mw_core.cli",
+            "replay",
+            "--json",
+            str(FIXTURES / "SOLUSDT-1m-2024-08-05.csv"),
+            str(FIXTURES / "ADAUSDT-1m-2024-08-05.csv"),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=240,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     out = orjson.loads(proc.stdout)
