@@ -455,13 +455,45 @@ class Processor:
         await self._with_db_retry(db.write_batch, self._pool, ticks, metrics, anomalies)
         DB_WRITE.observe(time.perf_counter() - started)
 
-    async def _dead_letters(self, dead: list[DeadLetter]) -> None:
+    async def _send_all(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+        """Send records and wait for every acknowledgement, retrying with backoff while Kafka fails.
+
+        Like a failed DB write, a failed send holds the batch: offsets are not committed and
+        `/healthz` reports `degraded`; the service stays up. A retried send may repeat records
+        that were already acknowledged (at-least-once on `dlq` / `alerts` during Kafka outages).
+        """
         assert self._producer is not None
-        futures = []
+        attempt = 0
+        while True:
+            try:
+                futures = [await self._producer.send(topic, value, key=key) for key, value in records]
+                await asyncio.gather(*futures)
+            except KafkaError as exc:
+                attempt += 1
+                delay = random.uniform(0, min(5.0, 0.1 * 2**attempt))  # noqa: S311 - jitter, not crypto
+                self.stats.degraded = f"Kafka unavailable: {type(exc).__name__}"
+                log.warning(
+                    "send of %d records to %s failed (%s: %s); retry %d in %.2fs, offsets NOT committed",
+                    len(records),
+                    topic,
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    delay,
+                )
+                if self._stopping.is_set() and attempt > 3:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            if attempt:
+                log.info("Kafka is back after %d failed sends to %s", attempt, topic)
+                self.stats.degraded = None
+            return
+
+    async def _dead_letters(self, dead: list[DeadLetter]) -> None:
         for dl in dead:
             DLQ.labels(dl.reason).inc()
-            futures.append(await self._producer.send(self.settings.topic_dlq, codec.encode_dead_letter(dl)))
-        await asyncio.gather(*futures)
+        await self._send_all(self.settings.topic_dlq, [(None, codec.encode_dead_letter(dl)) for dl in dead])
         self.stats.dead_letters += len(dead)
         reasons: dict[str, int] = {}
         for dl in dead:
@@ -484,11 +516,10 @@ class Processor:
             rows = await self._skip_already_sent(rows)
         if not rows:
             return
-        futures = []
-        for anomaly_id, anomaly in rows:
-            key, value = codec.encode_alert(anomaly, anomaly_id=anomaly_id)
-            futures.append(await self._producer.send(self.settings.topic_alerts, value, key=key))
-        await asyncio.gather(*futures)
+        await self._send_all(
+            self.settings.topic_alerts,
+            [codec.encode_alert(anomaly, anomaly_id=anomaly_id) for anomaly_id, anomaly in rows],
+        )
         now = time.time()
         for _, anomaly in rows:
             kafka_ts = anomaly_times.get(anomaly.key)
