@@ -264,9 +264,13 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@?#]*):[^/?#]*@")  # greedy: up to the last @ of the authority
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|sslpassword|secret|token|api_key)=)[^&#]*", re.I)
+
+
 def redact_url(url: str) -> str:
-    """Remove the password from a URL such as ``postgresql://user:pw@host/db``."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """Remove secrets from a URL: ``user:pw@``, ``:pw@`` and ``?password=...`` (libpq/asyncpg forms)."""
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -179,12 +179,6 @@ async def test_canary_secrets_never_appear_in_any_output(
     assert codes["mw process (db down)"] != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.redact_url masks only `user:password@`; a password in the query string "
-    "(`?password=`, accepted by asyncpg and libpq) or after an empty user name (`://:pw@`) is "
-    "printed by `mw config` and `mw doctor`. Fix belongs in mw_core/config.py.",
-)
 @pytest.mark.parametrize("form", ["query", "empty-user"])
 async def test_canary_password_in_other_url_forms_is_masked(
     make_settings: Callable[..., Settings], tmp_path: Path, form: str

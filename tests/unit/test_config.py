@@ -76,3 +76,19 @@ def test_feeds_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().rss_feeds == []
     monkeypatch.setenv("MW_RSS_FEEDS", "")
     assert load_settings().rss_feeds == Settings().rss_feeds
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://mw:pw@db:5432/x", "postgresql://mw:***@db:5432/x"),
+        ("postgresql://:pw@db/x", "postgresql://:***@db/x"),
+        ("postgresql://mw@db/x?sslmode=require&password=pw", "postgresql://mw@db/x?sslmode=require&password=***"),
+        ("postgresql://db/x?PASSWORD=pw", "postgresql://db/x?PASSWORD=***"),
+        ("postgresql://mw@db/x", "postgresql://mw@db/x"),
+    ],
+)
+def test_redact_url_removes_every_password_form(url: str, expected: str) -> None:
+    from mw_core.config import redact_url
+
+    assert redact_url(url) == expected
