@@ -171,6 +171,22 @@ def parse_entry(entry: Mapping[str, Any], *, source: str, symbols: Sequence[str]
     )
 
 
+_CHARREF = re.compile(rb"&#(?:[xX]([0-9a-fA-F]{1,8})|([0-9]{1,10}));")
+
+
+def _charref_ok(match: re.Match[bytes]) -> bytes:
+    hex_digits, dec_digits = match.groups()
+    code = int(hex_digits, 16) if hex_digits else int(dec_digits)
+    if code == 0 or 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
+        return b"&#xFFFD;"  # feedparser raises on these and would lose the whole feed
+    return match.group(0)
+
+
+def _neutralise_bad_charrefs(content: bytes) -> bytes:
+    """Replace numeric character references no XML parser accepts (``&#xD800;``, ``&#1114112;``)."""
+    return _CHARREF.sub(_charref_ok, content) if b"&#" in content else content
+
+
 def parse_feed(content: bytes, *, source: str, symbols: Sequence[str]) -> ParseResult:
     """Parse one RSS/Atom document into sanitised, scored, tagged headlines.
 
@@ -187,6 +203,7 @@ def parse_feed(content: bytes, *, source: str, symbols: Sequence[str]) -> ParseR
     # guids ("7") against it into fake URLs; relative links are resolved in `parse_entry` instead.
     # The content type makes feedparser trust the document's own XML encoding declaration.
     headers = {"content-type": "application/xml"}
+    content = _neutralise_bad_charrefs(content)
     try:
         doc = feedparser.parse(
             io.BytesIO(content), response_headers=headers, resolve_relative_uris=False, sanitize_html=False
