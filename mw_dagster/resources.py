@@ -138,11 +138,18 @@ class RSSResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     timeout_s: float = Field(default=15.0, description="Per-feed HTTP timeout.")
 
     @property
+    def switched_off(self) -> bool:
+        """``MW_RSS_FEEDS`` set but blank, or ``none`` (as in `mw_core.config.Settings`)."""
+        return not self.enabled or self.feeds.strip().lower() == "none"
+
+    @property
     def feed_list(self) -> list[str]:
+        if self.switched_off:
+            return []
         return [f.strip() for f in self.feeds.split(",") if f.strip()]
 
     def settings_overrides(self) -> dict[str, Any]:
-        if not self.enabled:
+        if self.switched_off:
             return {"rss_feeds": []}
         return {"rss_feeds": self.feed_list} if self.feed_list else {}
 

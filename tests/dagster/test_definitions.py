@@ -145,3 +145,11 @@ def test_sensor_intervals_from_the_environment() -> None:
     assert interval_s("X", 60, {"X": "1"}) == MIN_INTERVAL_S == 5
     with pytest.raises(ValueError, match="X must be a whole number"):
         interval_s("X", 60, {"X": "fast"})
+
+
+def test_rss_resource_none_switches_feeds_off() -> None:
+    from mw_dagster.resources import RSSResource
+
+    assert RSSResource(feeds="none").settings_overrides() == {"rss_feeds": []}
+    assert RSSResource(feeds="NONE").feed_list == []
+    assert RSSResource(feeds="http://a/rss, http://b/atom").feed_list == ["http://a/rss", "http://b/atom"]
