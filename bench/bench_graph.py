@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mw_core.local.ports import free_port  # noqa: E402
-from tests.e2e.helpers import DagsterAPI, running, start_platform  # noqa: E402
+from mw_core.local.ports import free_port
+from tests.e2e.helpers import DagsterAPI, running, start_platform
 
 
 def main() -> int:
@@ -32,8 +32,12 @@ def main() -> int:
             time.sleep(15)  # let the replayed day land (1,440 ticks)
             api.wait_idle(timeout=120)
             started = time.perf_counter()
-            steps = [(["db_schema"], None), (["headlines"], None), (["price_anomalies"], "2024-08-05"),
-                     (["alert_enrichments"], None)]
+            steps = [
+                (["db_schema"], None),
+                (["headlines"], None),
+                (["price_anomalies"], "2024-08-05"),
+                (["alert_enrichments"], None),
+            ]
             per_step = []
             for assets, partition in steps:
                 t0 = time.perf_counter()

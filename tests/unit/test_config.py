@@ -83,7 +83,10 @@ def test_feeds_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("postgresql://mw:pw@db:5432/x", "postgresql://mw:***@db:5432/x"),
         ("postgresql://:pw@db/x", "postgresql://:***@db/x"),
-        ("postgresql://mw@db/x?sslmode=require&password=pw", "postgresql://mw@db/x?sslmode=require&password=***"),
+        (
+            "postgresql://mw@db/x?sslmode=require&password=pw",
+            "postgresql://mw@db/x?sslmode=require&password=***",
+        ),
         ("postgresql://db/x?PASSWORD=pw", "postgresql://db/x?PASSWORD=***"),
         ("postgresql://mw@db/x", "postgresql://mw@db/x"),
     ],
