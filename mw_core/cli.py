@@ -91,12 +91,13 @@ def process(
     metrics_port: Annotated[int | None, typer.Option(help="Port for /metrics and /healthz.")] = None,
 ) -> None:
     """Run the processor: Kafka `prices` -> windows, anomalies -> PostgreSQL, `alerts`, `dlq`."""
-    from mw_core.processor import Processor
+    from mw_core.processor import Processor, tune_gc
     from mw_core.runtime import ensure_infra
 
     settings = _settings(metrics_port=metrics_port)
     infra = ensure_infra(settings)
     processor = Processor(infra.settings)
+    tune_gc()
     metrics = MetricsServer(processor.health, host=settings.host, port=settings.metrics_port).start()
     console.print(f"processor: metrics and health on {metrics.url}/metrics {metrics.url}/healthz")
     try:

@@ -91,10 +91,11 @@ def decode_tick(key: bytes | None, value: bytes | None, *, now_ms: int, max_pric
     except orjson.JSONDecodeError as exc:
         raise BadMessage("malformed_json", str(exc)[:120]) from None
     if type(obj) is dict:
-        symbol = obj.get("symbol")
-        price = obj.get("price")
-        ts = obj.get("ts")
-        source = obj.get("source", "external")
+        get = obj.get
+        symbol = get("symbol")
+        price = get("price")
+        ts = get("ts")
+        source = get("source", "external")
         if (
             type(symbol) is str
             and symbol in _KNOWN_SYMBOLS
@@ -105,8 +106,18 @@ def decode_tick(key: bytes | None, value: bytes | None, *, now_ms: int, max_pric
             and type(source) is str
             and len(source) <= 32
         ):
-            o, h, lo, bv, qv = (obj.get(name) for name in _OPTIONAL)
-            if all(v is None or type(v) is float for v in (o, h, lo, bv, qv)):
+            o = get("open")
+            h = get("high")
+            lo = get("low")
+            bv = get("base_volume")
+            qv = get("quote_volume")
+            if (
+                (o is None or type(o) is float)
+                and (h is None or type(h) is float)
+                and (lo is None or type(lo) is float)
+                and (bv is None or type(bv) is float)
+                and (qv is None or type(qv) is float)
+            ):
                 return Tick(symbol, ts, float(price), o, h, lo, bv, qv, source)
     return _decode_slow(obj, key, now_ms=now_ms, max_price=max_price)
 

