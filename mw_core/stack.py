@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import orjson
 from pydantic import SecretStr
@@ -208,6 +209,7 @@ class Stack:
             "state_dir": str(self.state_dir),
             "replay": list(self.options.replay),
             "price_source": self.price_source,
+            "rss_feeds": [redact_url(f) for f in self.settings.rss_feeds],
             "workspace": str(self.workspace) if self.workspace else None,
             "ingest_health": f"http://{connect_host(self.host)}:{self.ingest_port}/healthz",
             "process_health": f"http://{connect_host(self.host)}:{self.process_port}/healthz",
@@ -513,8 +515,43 @@ class Stack:
         return source_banners(self.meta())
 
 
+_FEED_PROBES: dict[str, tuple[float, bool]] = {}
+_FEED_PROBE_TTL_S = 60.0
+
+
+def _feed_reachable(url: str) -> bool:
+    """TCP reachability of a feed's host, cached for a minute (the status view refreshes often)."""
+    now = time.monotonic()
+    cached = _FEED_PROBES.get(url)
+    if cached is not None and now - cached[0] < _FEED_PROBE_TTL_S:
+        return cached[1]
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    ok = bool(parsed.hostname) and tcp_ok(str(parsed.hostname), port, timeout=0.5)
+    _FEED_PROBES[url] = (now, ok)
+    return ok
+
+
+def feed_banner(feeds: Sequence[str]) -> list[str]:
+    """One banner for the news feeds: reachable or not (the rss sensor retries every minute)."""
+    if not feeds:
+        return []
+    down = [f for f in feeds if not _feed_reachable(f)]
+    if not down:
+        return [f"news feeds: {len(feeds)} reachable"]
+    host = urlparse(down[0]).hostname or down[0]
+    return [
+        f"news feeds: {len(down)} of {len(feeds)} unreachable (first: {host}) - offline? headlines stay "
+        "empty; rss_poll_sensor retries every minute"
+    ]
+
+
 def source_banners(meta: dict[str, Any]) -> list[str]:
-    """Banners about the live sources from status meta (`Stack.meta`): reads the ingest /healthz."""
+    """Banners about the live sources from status meta (`Stack.meta`): ingest /healthz, feeds."""
+    return _price_banner(meta) + feed_banner([str(f) for f in meta.get("rss_feeds") or []])
+
+
+def _price_banner(meta: dict[str, Any]) -> list[str]:
     url = meta.get("ingest_health")
     source = str(meta.get("price_source") or "Binance")
     if not url:
