@@ -257,18 +257,8 @@ async def replace_batch_anomalies(
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_DELETE_BATCH, partition_key, start_ms, end_ms)
         if anomalies:
-            await conn.execute(
-                _INSERT_BATCH,
-                partition_key,
-                [a.symbol for a in anomalies],
-                [a.ts for a in anomalies],
-                [a.window_s for a in anomalies],
-                [a.ret for a in anomalies],
-                [a.direction for a in anomalies],
-                [a.price for a in anomalies],
-                [a.threshold for a in anomalies],
-                [a.volatility for a in anomalies],
-            )
+            # symbol, ts, window_s, ret, direction, price, threshold, volatility
+            await conn.execute(_INSERT_BATCH, partition_key, *db.anomaly_columns(anomalies)[:8])
     return len(anomalies)
 
 

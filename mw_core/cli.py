@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -20,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mw_core.config import ConfigError, Settings, load_settings, redact_url
-from mw_core.telemetry import MetricsServer, configure_logging
+from mw_core.cli_common import console, settings_or_exit
+from mw_core.telemetry import MetricsServer
 
 app = typer.Typer(
     help="Market Watch: real-time crypto market watch (Binance -> Kafka -> processor -> PostgreSQL, Dagster).",
@@ -34,18 +32,7 @@ bench_app = typer.Typer(help="Benchmarks (numbers go to the README).", no_args_i
 app.add_typer(news_app, name="news")
 app.add_typer(bench_app, name="bench")
 
-console = Console(stderr=True)
 out = Console()
-
-
-def _settings(**overrides: Any) -> Settings:
-    try:
-        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    configure_logging(settings)
-    return settings
 
 
 def _run_service(main: Coroutine[Any, Any, Any], stop: Any) -> None:
@@ -74,7 +61,7 @@ def ingest(
     from mw_core.ingest.service import IngestService
     from mw_core.runtime import ensure_infra
 
-    settings = _settings(binance_ws_url=ws_url, binance_rest_url=rest_url, metrics_port=metrics_port)
+    settings = settings_or_exit(binance_ws_url=ws_url, binance_rest_url=rest_url, metrics_port=metrics_port)
     infra = ensure_infra(settings)
     service = IngestService(infra.settings)
     metrics = MetricsServer(service.health, host=settings.host, port=settings.metrics_port).start()
@@ -94,7 +81,7 @@ def process(
     from mw_core.processor import Processor, tune_gc
     from mw_core.runtime import ensure_infra
 
-    settings = _settings(metrics_port=metrics_port)
+    settings = settings_or_exit(metrics_port=metrics_port)
     infra = ensure_infra(settings)
     processor = Processor(infra.settings)
     tune_gc()
@@ -119,7 +106,7 @@ def replay(
     """Replay recorded klines through a local Binance server, the real ingest, Kafka and the processor."""
     from mw_core.replay import run_replay
 
-    settings = _settings(log_level="WARNING" if as_json else None)
+    settings = settings_or_exit(log_level="WARNING" if as_json else None)
     try:
         result = run_replay(settings, files, speed=speed, timeout=timeout, progress=not as_json)
     except FileNotFoundError as exc:
@@ -147,7 +134,7 @@ def doctor(
     """Check the database, Kafka, and Binance reachability; print a table."""
     from mw_core.doctor import run_checks
 
-    settings = _settings()
+    settings = settings_or_exit()
     results = asyncio.run(run_checks(settings, timeout=timeout))
     table = Table("check", "target", "status", "detail", title="Market Watch doctor")
     for r in results:
@@ -166,7 +153,7 @@ def news_parse(
     """Fetch + parse + sanitize + score feeds exactly like the `headlines` asset, and print the items."""
     from mw_core.news import collect
 
-    settings = _settings(log_level="WARNING")
+    settings = settings_or_exit(log_level="WARNING")
     results = asyncio.run(collect(sources, symbols=settings.symbols))
     failed = False
     for res in results:
@@ -207,7 +194,7 @@ def bench_processor(
     """Produce N ticks for S symbols, run the processor to completion, report throughput and latency."""
     from mw_core.benchmark import run_processor_bench
 
-    settings = _settings(log_level="WARNING")
+    settings = settings_or_exit(log_level="WARNING")
     result = run_processor_bench(settings, ticks=ticks, symbols=symbols, rate=rate)
     if as_json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
@@ -231,7 +218,7 @@ def config(
 
         sys.stdout.write(markdown_table() + "\n")
         return
-    settings = _settings()
+    settings = settings_or_exit()
     data = settings.safe_dict()
     if as_json:
         sys.stdout.write(orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
@@ -257,7 +244,7 @@ def main() -> None:
     app()
 
 
-__all__ = ["Path", "app", "main", "redact_url", "time"]
+__all__ = ["app", "main"]
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mw_core.config import ConfigError, Settings, load_settings
+from mw_core.cli_common import console, settings_or_exit
+from mw_core.config import Settings
 from mw_core.supervisor import (
     PID_FILE,
     AlreadyRunning,
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 stack_app = typer.Typer(help="Run the whole platform locally.", no_args_is_help=True, add_completion=False)
 
-console = Console(stderr=True)
 out = Console()
 if not out.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
     out = Console(width=160)
@@ -66,18 +66,6 @@ STATE_STYLE = {
     "stale": "bold red",
     "gone": "dim",
 }
-
-
-def _settings(**overrides: Any) -> Settings:
-    from mw_core.telemetry import configure_logging
-
-    try:
-        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    configure_logging(settings)
-    return settings
 
 
 def _state_dir(settings: Settings) -> Path:
@@ -199,7 +187,7 @@ def up(
     """Run the whole platform: PostgreSQL, Kafka, schema, Dagster, ingest, processor. Ctrl-C stops it."""
     from mw_core.stack import StackOptions
 
-    settings = _settings(host=host)
+    settings = settings_or_exit(host=host)
     state_dir = _state_dir(settings)
     replay_files = [*(replay or []), *(files or [])]
     if replay_files:
@@ -395,7 +383,7 @@ def status(
     ] = False,
 ) -> None:
     """Show each component's state, address, PID and restarts. Exit code 1 when no stack runs."""
-    settings = _settings(log_level="WARNING")
+    settings = settings_or_exit(log_level="WARNING")
     state_dir = _state_dir(settings)
     st = read_status(state_dir)
     if st is None:
@@ -445,7 +433,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
 ) -> None:
     """Show a component's log (state_dir/logs/<component>.log), or all of them."""
-    settings = _settings(log_level="WARNING")
+    settings = settings_or_exit(log_level="WARNING")
     files = _log_files(_state_dir(settings))
     if component is not None:
         if component not in files:
@@ -506,7 +494,7 @@ def down(
     """Stop the stack started by `mw up` (in another terminal or with --detach)."""
     from mw_core.supervisor import down as stop_stack
 
-    settings = _settings(log_level="WARNING")
+    settings = settings_or_exit(log_level="WARNING")
     state_dir = _state_dir(settings)
     info = read_pid_file(state_dir)
     result = stop_stack(state_dir, timeout=timeout)
@@ -529,7 +517,7 @@ def init_command(
     """Create the databases, Kafka topics and schema on configured servers, then exit (compose init job)."""
     from mw_core.stack import initialize
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         lines = initialize(settings, dagster_pg_url=os.environ.get("DAGSTER_PG_URL") or None, wait_s=wait)
     except (ValueError, RuntimeError) as exc:
@@ -554,7 +542,7 @@ def replay_server(
     """Serve recorded klines over the Binance websocket + REST protocol until SIGTERM."""
     from mw_core.klines import resolve_sources
 
-    _settings()
+    settings_or_exit()
     try:
         paths = resolve_sources(files)
     except FileNotFoundError as exc:

@@ -337,11 +337,9 @@ async def insert_metrics(conn: asyncpg.Connection, rows: Sequence[MetricRow]) ->
     await conn.execute(_INSERT_METRICS, *cols)
 
 
-async def insert_anomalies(conn: asyncpg.Connection, anomalies: Sequence[Anomaly]) -> None:
-    if not anomalies:
-        return
-    await conn.execute(
-        _INSERT_ANOMALIES,
+def anomaly_columns(anomalies: Sequence[Anomaly]) -> tuple[list[Any], ...]:
+    """Column arrays for `unnest` inserts, in `Anomaly` field order (symbol ... ref_ts)."""
+    return (
         [a.symbol for a in anomalies],
         [a.ts for a in anomalies],
         [a.window_s for a in anomalies],
@@ -353,6 +351,12 @@ async def insert_anomalies(conn: asyncpg.Connection, anomalies: Sequence[Anomaly
         [a.ref_price for a in anomalies],
         [a.ref_ts for a in anomalies],
     )
+
+
+async def insert_anomalies(conn: asyncpg.Connection, anomalies: Sequence[Anomaly]) -> None:
+    if not anomalies:
+        return
+    await conn.execute(_INSERT_ANOMALIES, *anomaly_columns(anomalies))
 
 
 async def write_batch(
