@@ -8,13 +8,18 @@ import os
 import shutil
 import signal
 import subprocess
+import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer
 
 from mw_core import db
+from mw_core.config import Settings
 from mw_core.models import Tick
 from mw_dagster.resources import PostgresResource
 
@@ -121,3 +126,26 @@ def stop_group(proc: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (grpc servers, run workers)
     proc.wait(timeout=5)
+
+
+async def consume_topic(
+    settings: Settings, topic: str, *, expect: int, timeout: float = 10.0
+) -> list[dict[str, object]]:
+    """Read `topic` from the beginning (fresh group) until `expect` JSON records or `timeout`."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"t-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: list[dict[str, object]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(out) < expect:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                out.extend(orjson.loads(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return out

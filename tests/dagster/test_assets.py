@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from datetime import UTC, datetime
 
 import asyncpg
 import dagster as dg
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from mw_core import bus, codec, db
 from mw_core.config import Settings
@@ -30,7 +27,7 @@ from mw_dagster.checks import (
     prices_staleness,
 )
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, RSSResource
-from tests.dagster.helpers import insert_ticks, kline_ticks, rss
+from tests.dagster.helpers import consume_topic, insert_ticks, kline_ticks, rss
 from tests.fakes.feeds import Feed, FeedServer, Status
 from tests.fakes.llm import FakeLLMServer
 
@@ -56,29 +53,6 @@ async def _fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         return list(await conn.fetch(sql, *args))
     finally:
         await conn.close()
-
-
-async def _consume(
-    settings: Settings, topic: str, *, expect: int, timeout: float = 10.0
-) -> list[dict[str, object]]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"t-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    out: list[dict[str, object]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(out) < expect:
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                out.extend(orjson.loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def _stream(settings: Settings, ticks: list[Tick]) -> None:
@@ -298,7 +272,7 @@ def test_headlines_store_publish_and_report_per_feed(
     assert checks["headlines_freshness"].passed, checks["headlines_freshness"].description
     assert checks["headlines_duplicate_rate"].passed
 
-    published = asyncio.run(_consume(settings, settings.topic_news, expect=3))
+    published = asyncio.run(consume_topic(settings, settings.topic_news, expect=3))
     assert sorted(str(m["title"]) for m in published) == [
         "Bitcoin falls 5% | crash",
         "ETH rallies",
@@ -357,6 +331,6 @@ def test_alert_enrichments_llm_caps_template_and_publish(
     assert int(meta["total_tokens"]) > 0  # type: ignore[call-overload]
     assert calls == 2
     assert _meta(again, "alert_enrichments")["stored"] == 0
-    alerts = asyncio.run(_consume(settings, settings.topic_alerts, expect=3))
+    alerts = asyncio.run(consume_topic(settings, settings.topic_alerts, expect=3))
     assert sorted(str(a["symbol"]) for a in alerts) == sorted(CRASH_SYMBOLS)
     assert {a["enrichment_model"] for a in alerts} == {"fake-model", "template"}

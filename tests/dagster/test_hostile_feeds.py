@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
-import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 import dagster as dg
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from mw_core.config import Settings
 from mw_dagster.assets.news import AllFeedsFailed, headlines
 from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource
+from tests.dagster.helpers import consume_topic
 from tests.fakes.feeds import Feed, FeedServer
 
 pytestmark = pytest.mark.integration
@@ -62,28 +59,6 @@ async def _wipe(url: str) -> None:
         await conn.close()
 
 
-async def _consume(
-    settings: Settings, topic: str, *, expect: int, timeout: float = 15.0
-) -> list[dict[str, object]]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"t-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    out: list[dict[str, object]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(out) < expect:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                out.extend(orjson.loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return out
-
-
 def _assert_clean_markdown(md: str, what: str) -> None:
     assert not MD_ACTIVE.search(md), f"{what}: active markdown/HTML: {md[:500]!r}"
     assert not MARKUP.search(md), f"{what}: markup: {md[:500]!r}"
@@ -117,7 +92,7 @@ def test_headlines_asset_over_the_hostile_corpus(
         if row["link"] is not None:
             assert urlsplit(row["link"]).scheme in ("http", "https"), row
 
-    published = asyncio.run(_consume(settings, settings.topic_news, expect=len(rows)))
+    published = asyncio.run(consume_topic(settings, settings.topic_news, expect=len(rows), timeout=15.0))
     assert len(published) == len(rows)
     for message in published:
         assert not MARKUP.search(f"{message['title']} {message.get('summary') or ''}"), message
