@@ -28,7 +28,7 @@ import asyncpg
 import dagster as dg
 
 from mw_core.local.postgres import EmbeddedPostgres
-from mw_core.runtime import database_url
+from mw_core.local.runtime import database_url
 from mw_dagster.assets.markets import price_anomalies
 from mw_dagster.resources import PostgresResource
 

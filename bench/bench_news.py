@@ -38,7 +38,7 @@ from xml.sax.saxutils import escape
 import asyncpg
 import feedparser
 
-from mw_core import db
+from mw_core.adapters import db
 from mw_core.models import dt_to_ms
 from mw_core.news import collect, headlines_near, insert_headlines, parse_feed
 from mw_core.news.sanitize import clean_summary, clean_title

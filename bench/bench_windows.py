@@ -23,8 +23,8 @@ import sys
 import time
 import tracemalloc
 
-from mw_core.anomaly import AnomalyDetector
-from mw_core.windows import SymbolWindows
+from mw_core.markets.detector import AnomalyDetector
+from mw_core.markets.windows import SymbolWindows
 
 WINDOWS = (60, 300, 900)
 THRESHOLDS = {60: 0.02, 300: 0.03, 900: 0.05}

@@ -4,13 +4,13 @@
 Run: ``python bench/soak.py [--seconds 600] [--rate 5000] [--symbols 500] [--sample-every 30]``
 
 What runs:
-- the embedded PostgreSQL and the memory-only Tansu broker (`mw_core.runtime.ensure_infra`, state
+- the embedded PostgreSQL and the memory-only Tansu broker (`mw_core.local.runtime.ensure_infra`, state
   in a fresh temporary directory; any ``MW_DATABASE_URL`` / ``MW_KAFKA_BOOTSTRAP`` is ignored, so
   the numbers always describe the embedded stack);
 - ``python -m mw_core.cli process`` as a child process (its memory is measured on its own), with
   ``/metrics`` on a free port;
 - the producer, in this process: every symbol ticks once per second of EVENT time (seeded
-  geometric random walks, as `mw_core.benchmark`), one step of `--symbols` ticks every
+  geometric random walks, as `mw_core.processor.benchmark`), one step of `--symbols` ticks every
   ``symbols / rate`` seconds of wall time, so event time runs ``rate / symbols`` times faster than
   the clock (10x by default) and ends near now. The 900 s window therefore fills after ~90 s of
   wall time: memory measured after that is steady-state, not windows filling up. About every
@@ -57,12 +57,13 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from mw_core import bus, codec, db
-from mw_core.benchmark import _percentile
+from mw_core.adapters import bus, db
 from mw_core.config import Settings, load_settings
 from mw_core.local.ports import free_port
+from mw_core.local.runtime import ensure_infra
+from mw_core.markets import codec
 from mw_core.models import Tick
-from mw_core.runtime import ensure_infra
+from mw_core.processor.benchmark import _percentile
 
 MB = 2**20
 HISTOGRAM = "mw_processor_tick_to_alert_seconds"

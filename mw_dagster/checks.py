@@ -1,6 +1,6 @@
 """Asset checks: data quality of `prices`, `headlines` and `price_anomalies`.
 
-Contract: each check is one SQL question to PostgreSQL (`mw_core.quality`), returns an `AssetCheckResult`
+Contract: each check is one SQL question to PostgreSQL (`mw_core.adapters.quality`), returns an `AssetCheckResult`
 with the numbers behind the verdict as metadata, and targets its asset by key, so this module
 depends on no asset module. Freshness-type checks WARN (the stream or a feed can pause); the
 stream/batch disagreement is an ERROR because it means the two detectors diverged.

@@ -23,7 +23,7 @@ import httpx
 if TYPE_CHECKING:
     from dagster import AssetObservation, DagsterInstance
 
-    from mw_core.quality import PriceFlow
+    from mw_core.adapters.quality import PriceFlow
 
 ASSET_KEY = "service_health"
 Status = Literal["ok", "degraded", "down"]

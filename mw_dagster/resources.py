@@ -4,7 +4,7 @@ Contract:
 - Typed fields only; secrets and URLs come through ``dg.EnvVar`` in `definitions.py`, so the UI
   shows the variable name, never the value.
 - Methods are synchronous and keyword-only, return domain records, and run `mw_core` coroutines
-  through `mw_core.batch.run_with_pool` (``asyncio.run`` with one short-lived asyncpg pool per
+  through `mw_core.batch.partition.run_with_pool` (``asyncio.run`` with one short-lived asyncpg pool per
   call). No event loop lives across calls, so a resource is safe in run workers, sensors (gRPC
   threads) and tests alike. No SQL and no coroutine is defined here (STYLE.md §2, §5).
 - `build_settings` turns resource fields into the one `mw_core.config.Settings` the `mw_core` code
@@ -20,7 +20,8 @@ from typing import Any, Literal, TypeVar
 import dagster as dg
 from pydantic import Field
 
-from mw_core import batch, db, quality
+from mw_core.adapters import db, quality
+from mw_core.batch import partition as batch
 from mw_core.config import ConfigError, Settings, load_settings
 from mw_core.enrich.store import anomalies_after
 from mw_core.models import Anomaly
@@ -36,7 +37,7 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     pool_max_size: int = Field(default=4, description="Connections per call (one pool per call).")
 
     def run(self, fn: batch.PoolFn[T]) -> T:
-        """Run the `mw_core` coroutine ``fn(pool)`` on a fresh pool (`mw_core.batch.run_with_pool`)."""
+        """Run the `mw_core` coroutine ``fn(pool)`` on a fresh pool (`mw_core.batch.partition.run_with_pool`)."""
         return batch.run_with_pool(self.database_url, fn, max_size=self.pool_max_size)
 
     # --- schema ------------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def compute_partition(
         self, *, settings: Settings, key: str, start_ms: int, end_ms: int
     ) -> batch.PartitionRun:
-        """Recompute one partition's `batch_anomalies` (`mw_core.batch.compute_partition`)."""
+        """Recompute one partition's `batch_anomalies` (`mw_core.batch.partition.compute_partition`)."""
         return self.run(
             lambda pool: batch.compute_partition(pool, settings, key=key, start_ms=start_ms, end_ms=end_ms)
         )

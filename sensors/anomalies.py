@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster import SensorEvaluationContext
 
-from mw_core.batch import UndefinedTable
+from mw_core.batch.partition import UndefinedTable
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.jobs import alert_enrichments_job
 from mw_dagster.resources import PostgresResource

@@ -12,7 +12,7 @@ import time
 import dagster as dg
 from dagster import SensorEvaluationContext
 
-from mw_core.batch import DatabaseErrors
+from mw_core.batch.partition import DatabaseErrors
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.health import flow_metrics, observation
 from mw_dagster.resources import PostgresResource

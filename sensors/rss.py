@@ -28,7 +28,7 @@ from typing import Any
 import dagster as dg
 from dagster import SensorEvaluationContext
 
-from mw_core.batch import DatabaseErrors
+from mw_core.batch.partition import DatabaseErrors
 from mw_core.news.fetch import SourceResult, collect
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.jobs import headlines_job

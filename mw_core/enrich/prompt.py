@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
-from mw_core.codec import template_summary
+from mw_core.markets.codec import template_summary
 from mw_core.models import Anomaly, ms_to_dt
 
 if TYPE_CHECKING:

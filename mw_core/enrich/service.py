@@ -30,8 +30,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from mw_core import db
-from mw_core.codec import encode_alert
+from mw_core.adapters import db
 from mw_core.config import Settings
 from mw_core.enrich import store
 from mw_core.enrich.llm import Completion, LLMClient, PermanentLLMError, TransientLLMError
@@ -45,6 +44,7 @@ from mw_core.enrich.prompt import (
     vet_output,
 )
 from mw_core.enrich.store import TEMPLATE_MODEL
+from mw_core.markets.codec import encode_alert
 from mw_core.models import Anomaly
 
 log = logging.getLogger(__name__)

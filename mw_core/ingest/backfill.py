@@ -31,7 +31,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from mw_core.ingest.frames import parse_klines
+from mw_core.markets.frames import parse_klines
 from mw_core.models import Tick
 
 log = logging.getLogger(__name__)

@@ -40,8 +40,8 @@ from prometheus_client import Counter, Gauge
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from mw_core.codec import BadMessage
-from mw_core.ingest.frames import ServerShutdown, SubscriptionAck, parse_frame
+from mw_core.markets.codec import BadMessage
+from mw_core.markets.frames import ServerShutdown, SubscriptionAck, parse_frame
 from mw_core.models import Tick
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class ClientStats:
 
 
 class BinanceStreamClient:
-    """The live Binance websocket client (`mw_core.binance_server` speaks the same protocol).
+    """The live Binance websocket client (`mw_core.replay.server` speaks the same protocol).
 
     Args:
         ws_url: Base URL, e.g. ``wss://stream.binance.com:9443`` or ``ws://127.0.0.1:PORT``.

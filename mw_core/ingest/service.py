@@ -40,11 +40,11 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
 
-from mw_core import bus
-from mw_core.codec import BadMessage, encode_dead_letter, encode_tick
+from mw_core.adapters import bus
 from mw_core.config import Settings
 from mw_core.ingest.backfill import Backfiller, BackfillError
 from mw_core.ingest.client import BinanceStreamClient, full_jitter
+from mw_core.markets.codec import BadMessage, encode_dead_letter, encode_tick
 from mw_core.models import DeadLetter, Tick
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import asyncio
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mw_core.pipelines import enrich_and_publish
+from mw_core.batch.pipelines import enrich_and_publish
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.assets.markets import price_anomalies
 from mw_dagster.assets.news import headlines

@@ -7,7 +7,7 @@ import time
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mw_core import db
+from mw_core.adapters import db
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.formatting import md_table
 from mw_dagster.resources import PostgresResource
@@ -18,7 +18,7 @@ from mw_dagster.resources import PostgresResource
 def db_schema(context: AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult[None]:
     """The Market Watch PostgreSQL schema (tables, indexes, TimescaleDB policies when available).
 
-    Applies the versioned migrations of `mw_core.db` idempotently (advisory-locked, so it is safe
+    Applies the versioned migrations of `mw_core.adapters.db` idempotently (advisory-locked, so it is safe
     next to a running processor) and records the schema version, whether TimescaleDB is on, and
     every table's row count.
     """

@@ -7,7 +7,7 @@ from collections import Counter
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mw_core.batch import Agreement, PartitionRun
+from mw_core.batch.partition import Agreement, PartitionRun
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.assets.infra import prices
 from mw_dagster.formatting import iso_ms, md_table
@@ -29,7 +29,7 @@ def price_anomalies(context: AssetExecutionContext, postgres: PostgresResource) 
     """Anomalies of one UTC day recomputed in batch from `prices` into `batch_anomalies`.
 
     Reads the day's ticks plus the longest window before it (warm-up) in one set-based query, runs
-    the detector the streaming processor uses (`mw_core.anomaly.detect_series`, same windows,
+    the detector the streaming processor uses (`mw_core.markets.detector.detect_series`, same windows,
     thresholds and cooldown from `Settings`, cooldown seeded from the alerts before the day) and
     replaces the day's rows atomically, so re-runs and backfills are idempotent. The metadata
     compares the result with the stream's `anomalies` table for the same day.

@@ -7,7 +7,7 @@ import asyncio
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mw_core.pipelines import ingest_headlines
+from mw_core.batch.pipelines import ingest_headlines
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.assets.infra import db_schema
 from mw_dagster.formatting import md_table

@@ -30,9 +30,10 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mw_core import bus, codec, db
+from mw_core.adapters import bus, db
 from mw_core.config import Settings
 from mw_core.local.ports import free_port
+from mw_core.markets import codec
 from mw_core.models import Tick
 
 T0 = 1_722_816_000_000  # 2024-08-05 00:00 UTC

@@ -18,8 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from mw_core import codec
 from mw_core.config import Settings
+from mw_core.markets import codec
 from mw_core.models import Tick
 from tests.chaos.support import (
     T0,

@@ -48,10 +48,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from mw_core.binance_server import BinanceServer
-from mw_core.klines import Kline, read_kline_file
 from mw_core.local.broker import EmbeddedBroker
 from mw_core.local.ports import free_port
+from mw_core.replay.klines import Kline, read_kline_file
+from mw_core.replay.server import BinanceServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(150)]
 

@@ -36,7 +36,8 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import InstigatorType
 
-from mw_core import batch, db
+from mw_core.adapters import db
+from mw_core.batch import partition as batch
 from mw_core.models import Anomaly
 from tests.dagster.helpers import (
     BIN,

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from mw_core import bus, codec
+from mw_core.adapters import bus
 from mw_core.config import Settings
 from mw_core.local.postgres import EmbeddedPostgres
+from mw_core.local.runtime import create_database, database_url
+from mw_core.markets import codec
 from mw_core.models import Tick
-from mw_core.runtime import create_database, database_url
 from tests.chaos.support import (
     T0,
     ProcessorProcess,

@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from mw_core import db
+from mw_core.adapters import db
 from mw_core.config import Settings
 from mw_core.models import Tick
 from mw_dagster.resources import PostgresResource

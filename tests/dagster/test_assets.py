@@ -10,10 +10,11 @@ import asyncpg
 import dagster as dg
 import pytest
 
-from mw_core import bus, codec, db
+from mw_core.adapters import bus, db
 from mw_core.config import Settings
+from mw_core.markets import codec
 from mw_core.models import Anomaly, Tick
-from mw_core.processor import Processor
+from mw_core.processor.service import Processor
 from mw_dagster.assets.alerts import alert_enrichments
 from mw_dagster.assets.infra import db_schema, prices
 from mw_dagster.assets.markets import price_anomalies

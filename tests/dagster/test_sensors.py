@@ -19,7 +19,7 @@ import psutil
 import pytest
 from dagster._core.events import DagsterEvent
 
-from mw_core import db
+from mw_core.adapters import db
 from mw_core.models import Anomaly, Tick
 from mw_dagster.assets.news import headlines
 from mw_dagster.definitions import build_resources, defs

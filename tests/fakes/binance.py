@@ -1,6 +1,6 @@
 """Fault injection on top of the shipped Binance-protocol replay server (test-only).
 
-`FaultyBinanceServer` is `mw_core.binance_server.BinanceServer` plus scripted misbehaviour of the
+`FaultyBinanceServer` is `mw_core.replay.server.BinanceServer` plus scripted misbehaviour of the
 real exchange, applied to the websocket sessions listed in `faulty_sessions` (by default only the
 first connection, so the reconnect is healthy):
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from mw_core.binance_server import BinanceServer, RestResponse, Session
-from mw_core.klines import Kline
+from mw_core.replay.klines import Kline
+from mw_core.replay.server import BinanceServer, RestResponse, Session
 
 GARBAGE: list[str | bytes] = [
     "{not json",

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mw_core import bus, db
+from mw_core.adapters import bus, db
 from mw_core.config import Settings
 from mw_core.enrich import store
 from mw_core.enrich.llm import LLMClient

@@ -19,14 +19,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from websockets.asyncio.client import connect
 
-from mw_core.binance_server import BinanceServer
-from mw_core.codec import BadMessage
 from mw_core.config import Settings, load_settings
 from mw_core.ingest.backfill import Backfiller, BackfillError
 from mw_core.ingest.client import CONSECUTIVE_FAILURES, BinanceStreamClient
 from mw_core.ingest.service import IngestService
-from mw_core.klines import Kline, read_kline_file
+from mw_core.markets.codec import BadMessage
 from mw_core.models import Tick
+from mw_core.replay.klines import Kline, read_kline_file
+from mw_core.replay.server import BinanceServer
 from tests.fakes.binance import GARBAGE_REASONS, FaultyBinanceServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from mw_core import bus, db
+from mw_core.adapters import bus, db
 from mw_core.config import Settings
 from mw_core.models import dt_to_ms
 from mw_core.news import (

@@ -10,10 +10,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mw_core import bus, codec, db
+from mw_core.adapters import bus, db
 from mw_core.config import Settings
+from mw_core.markets import codec
 from mw_core.models import Tick
-from mw_core.processor import Processor
+from mw_core.processor.service import Processor
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from mw_core.config import Settings
-from mw_core.replay import run_replay
+from mw_core.replay.run import run_replay
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,9 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from mw_core.cli_stack import stack_app
+from mw_core.cli.stack import stack_app
 from mw_core.local.ports import free_port, port_open
-from mw_core.supervisor import (
+from mw_core.local.supervisor import (
     PID_FILE,
     AlreadyRunning,
     ComponentSpec,
@@ -85,7 +85,7 @@ SUPERVISOR_MAIN = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from mw_core.supervisor import ComponentSpec, StackLock, Supervisor
+    from mw_core.local.supervisor import ComponentSpec, StackLock, Supervisor
 
     state, child, events = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     with StackLock.acquire(state, argv=sys.argv):

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mw_core.anomaly import AnomalyDetector, detect_series
 from mw_core.config import load_settings
+from mw_core.markets.detector import AnomalyDetector, detect_series
+from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly, WindowStats
-from mw_core.windows import SymbolWindows
 
 pytestmark = pytest.mark.unit
 

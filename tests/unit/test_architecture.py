@@ -12,13 +12,13 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 IO_LIBS = {"asyncpg", "aiokafka", "websockets", "httpx", "openai", "psycopg2", "dagster", "feedparser"}
 PURE_MODULES = [
-    "mw_core/windows.py",
-    "mw_core/metrics.py",
-    "mw_core/anomaly.py",
-    "mw_core/codec.py",
+    "mw_core/markets/windows.py",
+    "mw_core/markets/window_math.py",
+    "mw_core/markets/detector.py",
+    "mw_core/markets/codec.py",
     "mw_core/models.py",
-    "mw_core/ingest/frames.py",
-    "mw_core/klines.py",
+    "mw_core/markets/frames.py",
+    "mw_core/replay/klines.py",
     "mw_core/news/sanitize.py",
     "mw_core/news/sentiment.py",
     "mw_core/news/tagging.py",

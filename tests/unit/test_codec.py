@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mw_core import codec
+from mw_core.markets import codec
 from mw_core.models import Anomaly, DeadLetter, Tick
 
 pytestmark = pytest.mark.unit

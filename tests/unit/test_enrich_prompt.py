@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mw_core.codec import template_summary
 from mw_core.enrich.prompt import (
     DATA_CLOSE,
     DATA_OPEN,
@@ -27,6 +26,7 @@ from mw_core.enrich.prompt import (
     template_enrichment,
     vet_output,
 )
+from mw_core.markets.codec import template_summary
 from mw_core.models import Anomaly, dt_to_ms
 
 pytestmark = pytest.mark.unit

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mw_core.codec import BadMessage
 from mw_core.ingest.client import Deduper, full_jitter, kline_closed_between, stream_url
-from mw_core.ingest.frames import ServerShutdown, SubscriptionAck, parse_frame, parse_klines
+from mw_core.markets.codec import BadMessage
+from mw_core.markets.frames import ServerShutdown, SubscriptionAck, parse_frame, parse_klines
 from mw_core.models import Tick
 
 pytestmark = pytest.mark.unit

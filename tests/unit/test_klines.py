@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mw_core.klines import (
+from mw_core.models import Tick
+from mw_core.replay.klines import (
     Kline,
     normalise_ts,
     parse_kline_csv,
@@ -20,7 +21,6 @@ from mw_core.klines import (
     sample_files,
     symbol_from_filename,
 )
-from mw_core.models import Tick
 
 pytestmark = pytest.mark.unit
 

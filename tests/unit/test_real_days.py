@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mw_core.anomaly import detect_series
+from mw_core.markets.detector import detect_series
+from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly
-from mw_core.windows import SymbolWindows
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mw_core.supervisor import (
+from mw_core.local.supervisor import (
     PID_FILE,
     STATUS_FILE,
     AlreadyRunning,
@@ -153,7 +153,7 @@ def test_tail(tmp_path: Path) -> None:
 def test_render_status_shows_components_and_urls() -> None:
     from rich.console import Console
 
-    from mw_core.cli_stack import render_status
+    from mw_core.cli.stack import render_status
 
     status = {
         "running": True,
@@ -187,7 +187,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_stack_order_and_wiring_embedded(tmp_path: Path, clean_env: None) -> None:
     from mw_core.config import load_settings
-    from mw_core.stack import Stack, StackOptions
+    from mw_core.local.stack import Stack, StackOptions
 
     settings = load_settings(_env_file=None, state_dir=tmp_path / "state")
     stack = Stack(settings, StackOptions(replay=("a.csv",), speed="60", loop=True, dagster_port=3999))
@@ -242,7 +242,7 @@ def test_stack_order_and_wiring_embedded(tmp_path: Path, clean_env: None) -> Non
 
 def test_stack_external_servers_and_no_passwords_in_status(tmp_path: Path, clean_env: None) -> None:
     from mw_core.config import load_settings
-    from mw_core.stack import Stack
+    from mw_core.local.stack import Stack
 
     settings = load_settings(
         _env_file=None,
@@ -261,7 +261,7 @@ def test_stack_external_servers_and_no_passwords_in_status(tmp_path: Path, clean
 
 
 def test_url_helpers() -> None:
-    from mw_core.stack import database_name, durable, libpq_url, sqlalchemy_url, with_database
+    from mw_core.local.stack import database_name, durable, libpq_url, sqlalchemy_url, with_database
 
     url = "postgresql://u:p@h:5432/marketwatch?sslmode=require"
     assert with_database(url, "dagster") == "postgresql://u:p@h:5432/dagster?sslmode=require"

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mw_core import windows as windows_mod
-from mw_core.metrics import exact_moments, metric_rows, sample_std
+from mw_core.markets import windows as windows_mod
+from mw_core.markets.window_math import exact_moments, metric_rows, sample_std
+from mw_core.markets.windows import SymbolWindows
 from mw_core.models import WindowStats
-from mw_core.windows import SymbolWindows
 
 pytestmark = pytest.mark.unit
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from mw_core.codec import BadMessage, validate_tick
+from mw_core.markets.codec import BadMessage, validate_tick
 from mw_core.models import Tick
 
 MINI_TICKER = "24hrMiniTicker"

@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mw_core import db
-from mw_core.binance_server import BinanceServer
+from mw_core.adapters import db
 from mw_core.config import Settings
 from mw_core.ingest.service import IngestService
-from mw_core.klines import resolve_sources
+from mw_core.local.runtime import ensure_infra
 from mw_core.models import ms_to_dt
-from mw_core.processor import Processor
-from mw_core.runtime import ensure_infra
+from mw_core.processor.service import Processor
+from mw_core.replay.klines import resolve_sources
+from mw_core.replay.server import BinanceServer
 
 
 @dataclass

@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import psutil
 
-from mw_core import bus, db
+from mw_core.adapters import bus, db
 from mw_core.config import Settings
-from mw_core.processor import Processor, tune_gc
-from mw_core.runtime import ensure_infra
+from mw_core.local.runtime import ensure_infra
+from mw_core.processor.service import Processor, tune_gc
 
 
 def _percentile(values: list[float], q: float) -> float | None:

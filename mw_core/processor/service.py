@@ -7,7 +7,7 @@ Contract (at-least-once with idempotent writes):
    of the last `max(windows_s)` seconds before the batch's first tick, and the cooldown state from
    `anomalies`. One query for all cold symbols of the batch.
 4. Per tick: O(1) amortized window update + detector check (the same pure code as the Dagster batch
-   path, `mw_core.anomaly`).
+   path, `mw_core.markets.detector`).
 5. Ticks, the latest metrics per symbol and the anomalies go to PostgreSQL in ONE transaction
    (bulk `unnest`). While PostgreSQL is down the write is retried with backoff and offsets are not
    committed; `/healthz` reports `degraded`.
@@ -38,12 +38,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
-from mw_core import bus, codec, db
-from mw_core.anomaly import AnomalyDetector
+from mw_core.adapters import bus, db
 from mw_core.config import Settings
-from mw_core.metrics import metric_rows
+from mw_core.markets import codec
+from mw_core.markets.detector import AnomalyDetector
+from mw_core.markets.window_math import metric_rows
+from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly, DeadLetter, Tick, ms_to_dt
-from mw_core.windows import SymbolWindows
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Contract:
   ``asyncio.run`` through `run_with_pool` and turns the returned `PartitionRun` into metadata.
 - One partition = ``[start_ms, end_ms)``. Its ticks plus the longest window before it (warm-up) are
   read in one set-based query, the detector the streaming processor uses
-  (`mw_core.anomaly.detect_series`, windows/thresholds/cooldown from `Settings`) runs over them,
+  (`mw_core.markets.detector.detect_series`, windows/thresholds/cooldown from `Settings`) runs over them,
   and the partition's `batch_anomalies` rows are replaced in one transaction, so re-runs and
   backfills are idempotent.
 - All SQL is static text with ``$n`` parameters. Times travel as epoch-millisecond ``int8`` and are
@@ -24,9 +24,9 @@ from typing import TypeVar
 
 import asyncpg
 
-from mw_core import db
-from mw_core.anomaly import detect_series
+from mw_core.adapters import db
 from mw_core.config import Settings
+from mw_core.markets.detector import detect_series
 from mw_core.models import Anomaly
 
 T = TypeVar("T")
@@ -212,7 +212,7 @@ FROM b FULL OUTER JOIN s ON b.symbol = s.symbol AND b.ts = s.ts AND b.window_s =
 
 
 async def apply_schema(pool: asyncpg.Pool) -> SchemaOverview:
-    """`mw_core.db.apply_schema` (idempotent, advisory-locked), then every table's row count."""
+    """`mw_core.adapters.db.apply_schema` (idempotent, advisory-locked), then every table's row count."""
     info = await db.apply_schema(pool)
     counts = await db.table_counts(pool)
     return SchemaOverview(info.version, info.timescale, info.applied, counts)
@@ -236,7 +236,7 @@ async def cooldown_seeds(
 ) -> dict[str, int]:
     """Each symbol's last alert before `start_ms`, the way the stream seeds its detector.
 
-    The stream reads its own `anomalies` table (`mw_core.db.last_anomaly_ts`); a symbol the stream
+    The stream reads its own `anomalies` table (`mw_core.adapters.db.last_anomaly_ts`); a symbol the stream
     never alerted on (a day loaded by backfill, processor down) falls back to the batch results of
     the previous partition within one cooldown, so partition boundaries behave like one long run.
     """

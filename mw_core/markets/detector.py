@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly, WindowStats
-from mw_core.windows import SymbolWindows
 
 __all__ = ["AnomalyDetector", "detect_series"]
 

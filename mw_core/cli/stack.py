@@ -31,9 +31,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mw_core.cli_common import console, settings_or_exit
+from mw_core.cli.common import console, settings_or_exit
 from mw_core.config import Settings
-from mw_core.supervisor import (
+from mw_core.local.supervisor import (
     PID_FILE,
     AlreadyRunning,
     read_pid_file,
@@ -43,15 +43,15 @@ from mw_core.supervisor import (
 )
 
 if TYPE_CHECKING:
-    from mw_core.stack import FirstTickProbe, StackOptions
-    from mw_core.supervisor import StartupError, Supervisor
+    from mw_core.local.stack import FirstTickProbe, StackOptions
+    from mw_core.local.supervisor import StartupError, Supervisor
 
 stack_app = typer.Typer(help="Run the whole platform locally.", no_args_is_help=True, add_completion=False)
 
 out = Console()
 if not out.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
     out = Console(width=160)
-log = logging.getLogger("mw_core.cli_stack")
+log = logging.getLogger("mw_core.cli.stack")
 
 STATE_STYLE = {
     "running": "green",
@@ -185,14 +185,14 @@ def up(
     ] = None,
 ) -> None:
     """Run the whole platform: PostgreSQL, Kafka, schema, Dagster, ingest, processor. Ctrl-C stops it."""
-    from mw_core.stack import StackOptions
+    from mw_core.local.stack import StackOptions
 
     settings = settings_or_exit(host=host)
     state_dir = _state_dir(settings)
     replay_files = [*(replay or []), *(files or [])]
     if replay_files:
-        from mw_core.binance_server import parse_speed
-        from mw_core.klines import resolve_sources
+        from mw_core.replay.klines import resolve_sources
+        from mw_core.replay.server import parse_speed
 
         try:
             parse_speed(speed)
@@ -219,8 +219,8 @@ def up(
 
 
 def _up_foreground(settings: Settings, options: StackOptions, *, live: bool) -> None:
-    from mw_core.stack import FirstTickProbe, Stack
-    from mw_core.supervisor import StackLock, Supervisor, cleanup_stale
+    from mw_core.local.stack import FirstTickProbe, Stack
+    from mw_core.local.supervisor import StackLock, Supervisor, cleanup_stale
 
     state_dir = _state_dir(settings)
     try:
@@ -288,7 +288,7 @@ def _up_foreground(settings: Settings, options: StackOptions, *, live: bool) -> 
 
 
 def _run(sup: Supervisor, probe: FirstTickProbe, on_tick: Callable[[], None]) -> StartupError | None:
-    from mw_core.supervisor import StartupError
+    from mw_core.local.supervisor import StartupError
 
     def tick() -> None:
         if sup.meta.get("ready") and not probe.started:
@@ -333,7 +333,7 @@ def _up_detached(
     host: str | None,
     dagster_port: int | None,
 ) -> None:
-    from mw_core.stack import mw_command
+    from mw_core.local.stack import mw_command
 
     argv = [*mw_command(), "up", "--no-live", "--speed", speed]
     for f in replay:
@@ -403,7 +403,7 @@ def status(
             hint = "supervisor is gone but components still run: `mw down` cleans them up"
         banners: list[str] = []
         if running:
-            from mw_core.stack import source_banners
+            from mw_core.local.stack import source_banners
 
             banners = source_banners(st.get("meta", {}))
         out.print(render_status(st, banners=banners, hint=hint))
@@ -492,7 +492,7 @@ def down(
     ] = 25.0,
 ) -> None:
     """Stop the stack started by `mw up` (in another terminal or with --detach)."""
-    from mw_core.supervisor import down as stop_stack
+    from mw_core.local.supervisor import down as stop_stack
 
     settings = settings_or_exit(log_level="WARNING")
     state_dir = _state_dir(settings)
@@ -515,7 +515,7 @@ def init_command(
     wait: Annotated[float, typer.Option(help="Seconds to wait for each server to answer.")] = 60.0,
 ) -> None:
     """Create the databases, Kafka topics and schema on configured servers, then exit (compose init job)."""
-    from mw_core.stack import initialize
+    from mw_core.local.stack import initialize
 
     settings = settings_or_exit()
     try:
@@ -540,7 +540,7 @@ def replay_server(
     ready_file: Annotated[Path | None, typer.Option(help="Write the URLs here as JSON once serving.")] = None,
 ) -> None:
     """Serve recorded klines over the Binance websocket + REST protocol until SIGTERM."""
-    from mw_core.klines import resolve_sources
+    from mw_core.replay.klines import resolve_sources
 
     settings_or_exit()
     try:
@@ -554,7 +554,7 @@ def replay_server(
 async def _serve_replay(
     paths: Sequence[Path], *, speed: str, loop: bool, host: str, port: int, ready_file: Path | None
 ) -> None:
-    from mw_core.binance_server import BinanceServer
+    from mw_core.replay.server import BinanceServer
 
     server = BinanceServer.from_sources(list(paths), speed=speed, loop=loop, host=host, port=port)
     ws_url = await server.start()

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
 
-from mw_core import bus, db
+from mw_core.adapters import bus, db
 from mw_core.config import Settings
 from mw_core.enrich.service import EnrichReport, enrich_pending_async, publish_enrichments
 from mw_core.news import Headline, SourceResult

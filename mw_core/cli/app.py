@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mw_core.cli_common import console, settings_or_exit
+from mw_core.cli.common import console, settings_or_exit
 from mw_core.telemetry import MetricsServer
 
 app = typer.Typer(
@@ -59,7 +59,7 @@ def ingest(
 ) -> None:
     """Run the price ingest: Binance miniTicker websocket -> Kafka `prices`."""
     from mw_core.ingest.service import IngestService
-    from mw_core.runtime import ensure_infra
+    from mw_core.local.runtime import ensure_infra
 
     settings = settings_or_exit(binance_ws_url=ws_url, binance_rest_url=rest_url, metrics_port=metrics_port)
     infra = ensure_infra(settings)
@@ -78,8 +78,8 @@ def process(
     metrics_port: Annotated[int | None, typer.Option(help="Port for /metrics and /healthz.")] = None,
 ) -> None:
     """Run the processor: Kafka `prices` -> windows, anomalies -> PostgreSQL, `alerts`, `dlq`."""
-    from mw_core.processor import Processor, tune_gc
-    from mw_core.runtime import ensure_infra
+    from mw_core.local.runtime import ensure_infra
+    from mw_core.processor.service import Processor, tune_gc
 
     settings = settings_or_exit(metrics_port=metrics_port)
     infra = ensure_infra(settings)
@@ -104,7 +104,7 @@ def replay(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
 ) -> None:
     """Replay recorded klines through a local Binance server, the real ingest, Kafka and the processor."""
-    from mw_core.replay import run_replay
+    from mw_core.replay.run import run_replay
 
     settings = settings_or_exit(log_level="WARNING" if as_json else None)
     try:
@@ -132,7 +132,7 @@ def doctor(
     timeout: Annotated[float, typer.Option(help="Seconds per check.")] = 5.0,
 ) -> None:
     """Check the database, Kafka, and Binance reachability; print a table."""
-    from mw_core.doctor import run_checks
+    from mw_core.cli.doctor import run_checks
 
     settings = settings_or_exit()
     results = asyncio.run(run_checks(settings, timeout=timeout))
@@ -192,7 +192,7 @@ def bench_processor(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Produce N ticks for S symbols, run the processor to completion, report throughput and latency."""
-    from mw_core.benchmark import run_processor_bench
+    from mw_core.processor.benchmark import run_processor_bench
 
     settings = settings_or_exit(log_level="WARNING")
     result = run_processor_bench(settings, ticks=ticks, symbols=symbols, rate=rate)
@@ -232,7 +232,7 @@ def config(
 def _mount_stack_commands() -> None:
     """`mw up/status/logs/down` live in `cli_stack` (process supervision)."""
     with contextlib.suppress(ImportError):
-        from mw_core.cli_stack import stack_app
+        from mw_core.cli.stack import stack_app
 
         app.registered_commands.extend(stack_app.registered_commands)
 

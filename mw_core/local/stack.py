@@ -43,8 +43,8 @@ from pydantic import SecretStr
 
 from mw_core.config import Settings, redact_url
 from mw_core.local.ports import free_port
-from mw_core.runtime import APP_DATABASE, DAGSTER_DATABASE, create_database
-from mw_core.supervisor import (
+from mw_core.local.runtime import APP_DATABASE, DAGSTER_DATABASE, create_database
+from mw_core.local.supervisor import (
     ComponentSpec,
     ManagedSpec,
     Spec,
@@ -278,7 +278,7 @@ class Stack:
             log.info("created databases %s", made)
 
     def _check_external_postgres(self) -> str:
-        from mw_core import db
+        from mw_core.adapters import db
 
         if self.app_db_url is None:
             raise RuntimeError("no database URL")
@@ -301,13 +301,13 @@ class Stack:
         return str(self.kafka_bootstrap)
 
     def _ensure_topics(self) -> str:
-        from mw_core import bus
+        from mw_core.adapters import bus
 
         created = asyncio.run(bus.ensure_topics(self.resolved_settings()))
         return f"created topics {created}" if created else "topics exist"
 
     def _apply_schema(self) -> str:
-        from mw_core import db
+        from mw_core.adapters import db
 
         url = self.app_db_url
         if url is None:
@@ -649,7 +649,7 @@ def initialize(settings: Settings, *, dagster_pg_url: str | None = None, wait_s:
     Waits up to `wait_s` for each server to answer (a healthy container may still be starting).
     Returns one line per step for the job's log.
     """
-    from mw_core import bus, db
+    from mw_core.adapters import bus, db
 
     if settings.database_url is None or settings.kafka_bootstrap is None:
         raise ValueError(

@@ -14,10 +14,10 @@ from urllib.parse import urlparse
 
 import httpx
 
-from mw_core import bus, db
+from mw_core.adapters import bus, db
 from mw_core.config import Settings, redact_url
 from mw_core.local.postgres import EmbeddedPostgres
-from mw_core.runtime import APP_DATABASE, database_url
+from mw_core.local.runtime import APP_DATABASE, database_url
 
 Status = Literal["ok", "warn", "fail"]
 

@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from mw_core.klines import Kline, KlineFile, read_sources
+from mw_core.replay.klines import Kline, KlineFile, read_sources
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class BinanceServer:
 
     @classmethod
     def from_sources(cls, sources: Sequence[str | Path], **options: Any) -> BinanceServer:
-        """Build from kline dumps (`mw_core.klines.resolve_sources` arguments, e.g. ``["sample"]``)."""
+        """Build from kline dumps (`mw_core.replay.klines.resolve_sources` arguments, e.g. ``["sample"]``)."""
         files = read_sources(sources)
         server = cls(itertools.chain.from_iterable(f.klines for f in files), **options)
         server.files = files
@@ -274,7 +274,7 @@ class BinanceServer:
             ping_timeout=self.ping_interval,
             close_timeout=2,
             server_header="mw-binance-replay",
-            logger=logging.getLogger("mw_core.binance_server.ws"),
+            logger=logging.getLogger("mw_core.replay.server.ws"),
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._pump_task = asyncio.create_task(self._pump(), name="binance-replay-pump")

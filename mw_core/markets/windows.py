@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from mw_core.metrics import exact_moments
+from mw_core.markets.window_math import exact_moments
 from mw_core.models import WindowStats
 
 __all__ = ["CANCELLATION_RATIO", "COMPACT_MIN", "RESYNC_EVICTIONS", "SymbolWindows"]

@@ -1,0 +1,1 @@
+"""Adapters room: PostgreSQL (pool, schema, repositories), Kafka (the bus) and the one retry helper."""

@@ -1,0 +1,1 @@
+"""Batch room: the use cases Dagster runs over stored data (anomaly partitions, news and enrichment runs)."""

@@ -1,0 +1,1 @@
+"""Processor service: `prices` -> analysis -> PostgreSQL -> `alerts`, and its benchmark."""

@@ -1,0 +1,1 @@
+"""Replay room: recorded kline files, the local Binance-protocol server and `mw replay`."""
