@@ -5,7 +5,7 @@ Contract:
   ``asyncio.run`` through `run_with_pool` and turns the returned `PartitionRun` into metadata.
 - One partition = ``[start_ms, end_ms)``. Its ticks plus the longest window before it (warm-up) are
   read in one set-based query, the detector the streaming processor uses
-  (`mw_core.markets.detector.detect_series`, windows/thresholds/cooldown from `Settings`) runs over them,
+  (`mw_core.markets.analysis`, windows/thresholds/cooldown from `Settings`) runs over them,
   and the partition's `batch_anomalies` rows are replaced in one transaction, so re-runs and
   backfills are idempotent.
 - All SQL is static text with ``$n`` parameters. Times travel as epoch-millisecond ``int8`` and are
@@ -24,9 +24,11 @@ from typing import TypeVar
 
 import asyncpg
 
-from mw_core.adapters import db
+from mw_core.adapters.postgres import schema
+from mw_core.adapters.postgres.anomalies import anomaly_columns, last_anomaly_ts
+from mw_core.adapters.postgres.pool import create_pool
 from mw_core.config import Settings
-from mw_core.markets.detector import detect_series
+from mw_core.markets.analysis import analyse_series
 from mw_core.models import Anomaly
 
 T = TypeVar("T")
@@ -47,7 +49,7 @@ UndefinedTable = asyncpg.UndefinedTableError
 
 async def with_pool(url: str, fn: PoolFn[T], *, max_size: int = 4) -> T:
     """Run ``fn(pool)`` on a fresh pool and close the pool afterwards."""
-    pool = await db.create_pool(url, min_size=1, max_size=max_size)
+    pool = await create_pool(url, min_size=1, max_size=max_size)
     try:
         return await fn(pool)
     finally:
@@ -212,9 +214,9 @@ FROM b FULL OUTER JOIN s ON b.symbol = s.symbol AND b.ts = s.ts AND b.window_s =
 
 
 async def apply_schema(pool: asyncpg.Pool) -> SchemaOverview:
-    """`mw_core.adapters.db.apply_schema` (idempotent, advisory-locked), then every table's row count."""
-    info = await db.apply_schema(pool)
-    counts = await db.table_counts(pool)
+    """`mw_core.adapters.postgres.schema.apply_schema` (idempotent, advisory-locked), then every table's row count."""
+    info = await schema.apply_schema(pool)
+    counts = await schema.table_counts(pool)
     return SchemaOverview(info.version, info.timescale, info.applied, counts)
 
 
@@ -236,13 +238,13 @@ async def cooldown_seeds(
 ) -> dict[str, int]:
     """Each symbol's last alert before `start_ms`, the way the stream seeds its detector.
 
-    The stream reads its own `anomalies` table (`mw_core.adapters.db.last_anomaly_ts`); a symbol the stream
+    The stream reads its own `anomalies` table (`mw_core.adapters.postgres.anomalies.last_anomaly_ts`); a symbol the stream
     never alerted on (a day loaded by backfill, processor down) falls back to the batch results of
     the previous partition within one cooldown, so partition boundaries behave like one long run.
     """
     if not symbols:
         return {}
-    seeds = await db.last_anomaly_ts(pool, dict.fromkeys(symbols, start_ms))
+    seeds = await last_anomaly_ts(pool, dict.fromkeys(symbols, start_ms))
     missing = [s for s in symbols if s not in seeds]
     if missing and cooldown_s > 0:
         rows = await pool.fetch(_LAST_BATCH_ANOMALY, missing, start_ms, cooldown_s)
@@ -258,7 +260,7 @@ async def replace_batch_anomalies(
         await conn.execute(_DELETE_BATCH, partition_key, start_ms, end_ms)
         if anomalies:
             # symbol, ts, window_s, ret, direction, price, threshold, volatility
-            await conn.execute(_INSERT_BATCH, partition_key, *db.anomaly_columns(anomalies)[:8])
+            await conn.execute(_INSERT_BATCH, partition_key, *anomaly_columns(anomalies)[:8])
     return len(anomalies)
 
 
@@ -288,7 +290,7 @@ def detect_partition(data: PartitionPrices, settings: Settings, seeds: dict[str,
         if not series.ticks:
             continue
         found.extend(
-            detect_series(
+            analyse_series(
                 series.symbol,
                 series.ticks,
                 windows_s=settings.windows_s,
@@ -296,7 +298,8 @@ def detect_partition(data: PartitionPrices, settings: Settings, seeds: dict[str,
                 cooldown_s=settings.cooldown_s,
                 warmup=series.warmup,
                 last_alert_ts=seeds.get(series.symbol),
-            )
+                max_out_of_order_s=settings.max_out_of_order_s,
+            ).anomalies
         )
     return found
 

@@ -8,8 +8,8 @@ Contract:
 - Cooldown is in event time: after an alert at ``t0`` the symbol cannot alert again while
   ``ts - t0 < cooldown_s * 1000``. A tick exactly ``cooldown_s`` after the alert may alert again.
   Suppressed ticks do not extend the cooldown. ``cooldown_s == 0`` disables it.
-- `detect_series` runs `SymbolWindows` + `AnomalyDetector` over one symbol's ticks. The
-  streaming processor and the Dagster batch path both use these two classes the same way
+- `mw_core.markets.analysis.Analyzer` runs `SymbolWindows` + `AnomalyDetector` for the streaming
+  processor, the Dagster batch path and `mw backtest` alike
   (``stats = windows.update(ts, price)`` then ``detector.check(..., windows=windows)``), so
   the same ticks with the same warm-up and cooldown state give the same anomalies.
 - Reference tick of an anomaly: with ``windows=`` (the `SymbolWindows` that produced `stats`)
@@ -21,12 +21,12 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly, WindowStats
 
-__all__ = ["AnomalyDetector", "detect_series"]
+__all__ = ["AnomalyDetector"]
 
 
 class AnomalyDetector:
@@ -160,51 +160,3 @@ class AnomalyDetector:
     def last_alert(self, symbol: str) -> int | None:
         """Event time (epoch ms) of the last alert of `symbol`, None if it never alerted."""
         return self._last.get(symbol)
-
-
-def detect_series(
-    symbol: str,
-    ticks: Iterable[tuple[int, float]],
-    *,
-    windows_s: Sequence[int],
-    threshold_for: Callable[[str, int], float],
-    cooldown_s: int,
-    warmup: Iterable[tuple[int, float]] = (),
-    last_alert_ts: int | None = None,
-) -> list[Anomaly]:
-    """Run `SymbolWindows` + `AnomalyDetector` over one symbol's ascending ticks.
-
-    Warm-up ticks fill the windows but are not checked (`SymbolWindows.load`). This is THE
-    detector used by both the streaming processor and the Dagster batch path.
-
-    Args:
-        symbol: The symbol of all ticks.
-        ticks: ``(ts, price)`` pairs in ascending `ts` order; a tick at or before the newest
-            one seen (warm-up included) is skipped, like the processor skips late ticks.
-        windows_s: Window lengths in seconds.
-        threshold_for: ``(symbol, window_s) -> threshold``.
-        cooldown_s: Cooldown in seconds (event time).
-        warmup: Ticks before the first of `ticks`, to fill the windows.
-        last_alert_ts: Time of the symbol's last alert before `ticks`, to restore the cooldown.
-
-    Returns:
-        The anomalies in tick order.
-    """
-    windows = SymbolWindows(windows_s)
-    windows.load(warmup)
-    detector = AnomalyDetector(threshold_for=threshold_for, cooldown_s=cooldown_s)
-    if last_alert_ts is not None:
-        detector.seed_cooldown(symbol, last_alert_ts)
-    update = windows.update
-    check = detector.check
-    newest = windows.newest_ts
-    last_ts = newest if newest is not None else -(1 << 63)
-    out: list[Anomaly] = []
-    for ts, price in ticks:
-        if ts <= last_ts:
-            continue
-        last_ts = ts
-        anomaly = check(symbol, ts, price, update(ts, price), windows=windows)
-        if anomaly is not None:
-            out.append(anomaly)
-    return out

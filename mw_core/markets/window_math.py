@@ -1,7 +1,7 @@
 """Pure helpers around rolling window statistics.
 
 Contract:
-- `metric_rows` turns the `WindowStats` of one tick into rows for `db.insert_metrics`
+- `metric_rows` turns the `WindowStats` of one tick into rows for `mw_core.adapters.postgres.prices.insert_metrics`
   (``(symbol, ts_ms, window_s, ret, volatility, count)``), in the order of `stats`.
 - `exact_moments` / `sample_std` are the reference moment computations: `SymbolWindows`
   keeps sliding (Welford) moments on the hot path and falls back to `exact_moments` whenever

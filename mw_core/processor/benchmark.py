@@ -19,7 +19,9 @@ from typing import Any
 import orjson
 import psutil
 
-from mw_core.adapters import bus, db
+from mw_core.adapters import bus
+from mw_core.adapters.postgres.pool import create_pool
+from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.config import Settings
 from mw_core.local.runtime import ensure_infra
 from mw_core.processor.service import Processor, tune_gc
@@ -105,8 +107,8 @@ async def _bench(settings: Settings, ticks: int, symbols: int, rate: float) -> d
         }
     )
     assert settings.database_url is not None
-    pool = await db.create_pool(settings.database_url.get_secret_value())
-    await db.apply_schema(pool)
+    pool = await create_pool(settings.database_url.get_secret_value())
+    await apply_schema(pool)
     await pool.execute("TRUNCATE prices, metrics, anomalies CASCADE")
     await bus.ensure_topics(settings)
     _, keys, values = _ticks(ticks, symbols)

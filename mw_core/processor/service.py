@@ -6,8 +6,8 @@ Contract (at-least-once with idempotent writes):
 3. Symbols seen for the first time (start-up, rebalance) are rehydrated from PostgreSQL: the ticks
    of the last `max(windows_s)` seconds before the batch's first tick, and the cooldown state from
    `anomalies`. One query for all cold symbols of the batch.
-4. Per tick: O(1) amortized window update + detector check (the same pure code as the Dagster batch
-   path, `mw_core.markets.detector`).
+4. Per tick: admission, O(1) amortized window update and detection by THE analysis path,
+   `mw_core.markets.analysis.Analyzer`, which the Dagster batch path and `mw backtest` run too.
 5. Ticks, the latest metrics per symbol and the anomalies go to PostgreSQL in ONE transaction
    (bulk `unnest`). While PostgreSQL is down the write is retried with backoff and offsets are not
    committed; `/healthz` reports `degraded`.
@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,12 +37,16 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
-from mw_core.adapters import bus, db
+from mw_core.adapters import bus
+from mw_core.adapters.postgres.anomalies import last_anomaly_ts, mark_published, unpublished_anomalies
+from mw_core.adapters.postgres.pool import create_pool, ping
+from mw_core.adapters.postgres.prices import MetricRow, recent_prices, write_batch
+from mw_core.adapters.postgres.schema import apply_schema
+from mw_core.adapters.retry import DB_TRANSIENT, retry_async
 from mw_core.config import Settings
 from mw_core.markets import codec
-from mw_core.markets.detector import AnomalyDetector
+from mw_core.markets.analysis import Analysis, Analyzer
 from mw_core.markets.window_math import metric_rows
-from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly, DeadLetter, Tick, ms_to_dt
 
 log = logging.getLogger(__name__)
@@ -71,18 +74,12 @@ TICK_TO_ALERT = Histogram(
 )
 
 
-@dataclass(slots=True)
-class _SymbolState:
-    windows: SymbolWindows
-    partition: int
-
-
 @dataclass
 class _Prepared:
     """A batch analysed in memory, waiting to be made durable."""
 
     ticks: list[Tick]
-    metrics: list[db.MetricRow]
+    metrics: list[MetricRow]
     anomalies: list[Anomaly]
     dead: list[DeadLetter]
     outbox_symbols: list[str]
@@ -145,8 +142,9 @@ class Processor:
             raise ValueError("MW_DATABASE_URL is not set and no embedded database was started")
         self._db_url = url
         self._threshold_for = settings.threshold_for
-        self.detector = AnomalyDetector(threshold_for=settings.threshold_for, cooldown_s=settings.cooldown_s)
-        self.state: dict[str, _SymbolState] = {}
+        self.analyzer = Analyzer.from_settings(settings)
+        # The partition each symbol in `analyzer` came from: its state is dropped when that moves away.
+        self.partition_of: dict[str, int] = {}
         self.stats = ProcessorStats()
         self._record_latencies = record_latencies
         self._stopping = asyncio.Event()
@@ -172,7 +170,7 @@ class Processor:
             "dead_letters": s.dead_letters,
             "anomalies": s.anomalies,
             "alerts": s.alerts,
-            "symbols": len(self.state),
+            "symbols": len(self.partition_of),
             "last_commit_age_s": None
             if s.last_commit_at is None
             else round(time.time() - s.last_commit_at, 3),
@@ -180,9 +178,9 @@ class Processor:
 
     async def start(self) -> None:
         """Health-check dependencies (DB `SELECT 1`, Kafka metadata), create topics, connect."""
-        self._pool = await db.create_pool(self._db_url, min_size=1, max_size=4)
-        await db.ping(self._pool)
-        await db.apply_schema(self._pool)
+        self._pool = await create_pool(self._db_url, min_size=1, max_size=4)
+        await ping(self._pool)
+        await apply_schema(self._pool)
         await bus.ensure_topics(self.settings)
         self._producer = bus.producer(self.settings, linger_ms=0)
         await self._producer.start()
@@ -286,9 +284,10 @@ class Processor:
     # --- the batch ------------------------------------------------------------------------------
     def _drop_partitions(self, partitions: set[int]) -> None:
         """Forget window state of symbols whose partition moved away (rehydrated if it comes back)."""
-        gone = [s for s, st in self.state.items() if st.partition in partitions]
+        gone = [s for s, p in self.partition_of.items() if p in partitions]
         for symbol in gone:
-            del self.state[symbol]
+            del self.partition_of[symbol]
+        self.analyzer.drop(gone)
         if gone:
             dropped = set(gone)
             self._unconfirmed = {k for k in self._unconfirmed if k[0] not in dropped}
@@ -301,19 +300,16 @@ class Processor:
         assert self._pool is not None
         before = {s: ts for s, (ts, _) in cold.items()}
         history = await self._with_db_retry(
-            db.recent_prices, self._pool, before, lookback_s=self._max_window_s
+            recent_prices, self._pool, before, lookback_s=self._max_window_s
         )
-        cooldowns = await self._with_db_retry(db.last_anomaly_ts, self._pool, before)
+        cooldowns = await self._with_db_retry(last_anomaly_ts, self._pool, before)
         orphans = await self._with_db_retry(
-            db.unpublished_anomalies, self._pool, limit=10_000, symbols=list(cold)
+            unpublished_anomalies, self._pool, limit=10_000, symbols=list(cold)
         )
         self._unconfirmed.update(a.key for _, a in orphans)
         for symbol, (_, partition) in cold.items():
-            windows = SymbolWindows(self.settings.windows_s)
-            windows.load(history.get(symbol, ()))
-            self.state[symbol] = _SymbolState(windows, partition)
-            if symbol in cooldowns:
-                self.detector.seed_cooldown(symbol, cooldowns[symbol])
+            self.analyzer.hydrate(symbol, history.get(symbol, ()), last_alert_ts=cooldowns.get(symbol))
+            self.partition_of[symbol] = partition
         if cold:
             log.debug(
                 "rehydrated %d symbols (%d stored ticks)", len(cold), sum(len(v) for v in history.values())
@@ -333,7 +329,7 @@ class Processor:
         decoded: list[tuple[int, list[Tick], list[int]]] = []
         dead: list[DeadLetter] = []
         cold: dict[str, tuple[int, int]] = {}
-        state = self.state
+        part_of = self.partition_of
         decode = codec.decode_tick
         for tp, records in batch.items():
             partition = tp.partition
@@ -352,63 +348,40 @@ class Processor:
                 add_tick(tick)
                 add_time(rec.timestamp)
                 symbol = tick[0]
-                if symbol not in state and symbol not in cold:
-                    cold[symbol] = (tick[1], partition)
+                if part_of.get(symbol) != partition and symbol not in cold:
+                    if symbol in part_of:
+                        part_of[symbol] = partition  # moved between partitions of ours
+                    else:
+                        cold[symbol] = (tick[1], partition)
             decoded.append((partition, part_ticks, part_times))
         self.stats.consumed += sum(len(r) for r in batch.values())
         TICKS_IN.inc(sum(len(r) for r in batch.values()))
         if cold:
             await self._hydrate(cold)
 
-        ticks: list[Tick] = []
-        anomalies: list[Anomaly] = []
+        # The one analysis path (`mw_core.markets.analysis`), partition by partition so that each
+        # anomaly finds its tick's Kafka timestamp (tick -> alert latency).
+        res = Analysis()
         anomaly_times: dict[tuple[str, int, int], int] = {}
-        last_stats: dict[str, tuple[int, Any]] = {}
-        check = self.detector.check
-        tolerance = self._tolerance_ms
-        keep = ticks.append
-        for partition, part_ticks, part_times in decoded:
-            for i, tick in enumerate(part_ticks):
-                symbol, ts, price = tick[0], tick[1], tick[2]
-                st = state[symbol]
-                if st.partition != partition:
-                    st.partition = partition
-                windows = st.windows
-                newest = windows.newest_ts
-                if newest is not None and ts <= newest:
-                    if ts == newest:
-                        self.stats.duplicates += 1
-                        keep(tick)  # idempotent insert; keeps a re-sent tick durable
-                        continue
-                    if newest - ts > tolerance and tick.source != "rest_backfill":
-                        dead.append(
-                            DeadLetter(
-                                "out_of_order",
-                                self.settings.topic_prices,
-                                codec.encode_tick(tick)[1],
-                                f"{symbol} ts {ts} is {(newest - ts) / 1000:.1f}s older than {newest}",
-                            )
-                        )
-                        continue
-                    # Late but tolerated (or a REST backfill of a gap): stored, not applied to windows.
-                    self.stats.late_stored += 1
-                    keep(tick)
-                    continue
-                stats = windows.update(ts, price)
-                keep(tick)
-                last_stats[symbol] = (ts, stats)
-                anomaly = check(symbol, ts, price, stats, windows=windows)
-                if anomaly is not None:
-                    anomalies.append(anomaly)
-                    anomaly_times[anomaly.key] = part_times[i]
+        run = self.analyzer.run
+        for _, part_ticks, part_times in decoded:
+            first = len(res.anomaly_index)
+            run(part_ticks, res)
+            for a, j in zip(res.anomalies[first:], res.anomaly_index[first:], strict=True):
+                anomaly_times[a.key] = part_times[j]
+        self.stats.duplicates += res.duplicates
+        self.stats.late_stored += res.late_stored
+        topic = self.settings.topic_prices
+        dead.extend(DeadLetter(r.reason, topic, codec.encode_tick(r.tick)[1], r.detail) for r in res.rejected)
+        anomalies = res.anomalies
 
-        metrics: list[db.MetricRow] = []
-        for symbol, (ts, stats) in last_stats.items():
+        metrics: list[MetricRow] = []
+        for symbol, (ts, stats) in res.last_stats.items():
             metrics.extend(metric_rows(symbol, ts, stats))
 
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
         return _Prepared(
-            ticks,
+            res.stored,
             metrics,
             anomalies,
             dead,
@@ -438,51 +411,43 @@ class Processor:
 
     # --- I/O with retries ------------------------------------------------------------------------
     async def _with_db_retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a DB call, retrying with capped exponential backoff + jitter while PostgreSQL is down.
+        """Run a DB call, retrying (`adapters.retry`, typed errors) while PostgreSQL is down.
 
         Offsets are not committed meanwhile, so nothing is lost; the health endpoint says why.
         """
-        attempt = 0
-        while True:
-            try:
-                result = await fn(*args, **kwargs)
-            except (
-                OSError,
-                asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError,
-                asyncpg.AdminShutdownError,
-                # A pooled connection that got the server's shutdown notice while idle can be
-                # handed out before its socket close is seen; using it raises this. The pool
-                # then terminates it, so the next attempt gets a fresh connection.
-                asyncpg.InternalClientError,
-                TimeoutError,
-            ) as exc:
-                attempt += 1
-                self.stats.db_failures += 1
-                DB_FAILURES.inc()
-                delay = random.uniform(0, min(5.0, 0.1 * 2**attempt))  # noqa: S311 - jitter, not crypto
-                self.stats.degraded = f"database unavailable: {type(exc).__name__}"
-                log.warning(
-                    "PostgreSQL write failed (%s: %s); retry %d in %.2fs, offsets NOT committed",
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    delay,
-                )
-                if self._stopping.is_set() and attempt > 3:
-                    raise
-                await asyncio.sleep(delay)
-                continue
-            if self.stats.degraded:
-                log.info("PostgreSQL is back after %d failed attempts", attempt)
-                self.stats.degraded = None
-            return result
+        failed = 0
 
-    async def _write(self, ticks: list[Tick], metrics: list[db.MetricRow], anomalies: list[Anomaly]) -> None:
+        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+            nonlocal failed
+            failed = attempt
+            self.stats.db_failures += 1
+            DB_FAILURES.inc()
+            self.stats.degraded = f"database unavailable: {type(exc).__name__}"
+            log.warning(
+                "PostgreSQL write failed (%s: %s); retry %d in %.2fs, offsets NOT committed",
+                type(exc).__name__,
+                exc,
+                attempt,
+                delay,
+            )
+
+        result = await retry_async(
+            fn,
+            *args,
+            retry_on=DB_TRANSIENT,
+            give_up=lambda: self._stopping.is_set() and failed > 3,
+            on_retry=on_retry,
+            **kwargs,
+        )
+        if self.stats.degraded and failed:
+            log.info("PostgreSQL is back after %d failed attempts", failed)
+            self.stats.degraded = None
+        return result
+
+    async def _write(self, ticks: list[Tick], metrics: list[MetricRow], anomalies: list[Anomaly]) -> None:
         assert self._pool is not None
         started = time.perf_counter()
-        await self._with_db_retry(db.write_batch, self._pool, ticks, metrics, anomalies)
+        await self._with_db_retry(write_batch, self._pool, ticks, metrics, anomalies)
         DB_WRITE.observe(time.perf_counter() - started)
 
     async def _send_all(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -492,33 +457,37 @@ class Processor:
         `/healthz` reports `degraded`; the service stays up. A retried send may repeat records
         that were already acknowledged (at-least-once on `dlq` / `alerts` during Kafka outages).
         """
-        assert self._producer is not None
-        attempt = 0
-        while True:
-            try:
-                futures = [await self._producer.send(topic, value, key=key) for key, value in records]
-                await asyncio.gather(*futures)
-            except KafkaError as exc:
-                attempt += 1
-                delay = random.uniform(0, min(5.0, 0.1 * 2**attempt))  # noqa: S311 - jitter, not crypto
-                self.stats.degraded = f"Kafka unavailable: {type(exc).__name__}"
-                log.warning(
-                    "send of %d records to %s failed (%s: %s); retry %d in %.2fs, offsets NOT committed",
-                    len(records),
-                    topic,
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    delay,
-                )
-                if self._stopping.is_set() and attempt > 3:
-                    raise
-                await asyncio.sleep(delay)
-                continue
-            if attempt:
-                log.info("Kafka is back after %d failed sends to %s", attempt, topic)
-                self.stats.degraded = None
-            return
+        producer = self._producer
+        assert producer is not None
+        failed = 0
+
+        async def send() -> None:
+            futures = [await producer.send(topic, value, key=key) for key, value in records]
+            await asyncio.gather(*futures)
+
+        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+            nonlocal failed
+            failed = attempt
+            self.stats.degraded = f"Kafka unavailable: {type(exc).__name__}"
+            log.warning(
+                "send of %d records to %s failed (%s: %s); retry %d in %.2fs, offsets NOT committed",
+                len(records),
+                topic,
+                type(exc).__name__,
+                exc,
+                attempt,
+                delay,
+            )
+
+        await retry_async(
+            send,
+            retry_on=(KafkaError,),
+            give_up=lambda: self._stopping.is_set() and failed > 3,
+            on_retry=on_retry,
+        )
+        if failed:
+            log.info("Kafka is back after %d failed sends to %s", failed, topic)
+            self.stats.degraded = None
 
     async def _dead_letters(self, dead: list[DeadLetter]) -> None:
         for dl in dead:
@@ -541,7 +510,7 @@ class Processor:
     ) -> None:
         """Publish alerts of unpublished anomalies of the symbols this member owns, then mark them."""
         assert self._pool is not None and self._producer is not None
-        rows = await self._with_db_retry(db.unpublished_anomalies, self._pool, limit=10_000, symbols=symbols)
+        rows = await self._with_db_retry(unpublished_anomalies, self._pool, limit=10_000, symbols=symbols)
         if rows and self._unconfirmed:
             rows = await self._skip_already_sent(rows)
         if not rows:
@@ -558,7 +527,7 @@ class Processor:
                 TICK_TO_ALERT.observe(latency)
                 if self._record_latencies:
                     self.stats.alert_latencies_ms.append(latency * 1000)
-        await self._with_db_retry(db.mark_published, self._pool, [anomaly_id for anomaly_id, _ in rows])
+        await self._with_db_retry(mark_published, self._pool, [anomaly_id for anomaly_id, _ in rows])
         self.stats.alerts += len(rows)
         ALERTS.inc(len(rows))
         for _, a in rows[:20]:
@@ -597,7 +566,7 @@ class Processor:
             return rows
         if not found:
             return rows
-        await self._with_db_retry(db.mark_published, self._pool, [i for i, a in rows if a.key in found])
+        await self._with_db_retry(mark_published, self._pool, [i for i, a in rows if a.key in found])
         ALERTS_ALREADY_SENT.inc(len(found))
         log.warning(
             "%d alerts were already in %s (their previous owner died before marking them): "

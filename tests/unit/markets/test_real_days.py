@@ -13,16 +13,23 @@ import functools
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mw_core.markets.detector import detect_series
+from mw_core.markets.analysis import analyse_series
 from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly
 
+
+def detect_series(symbol: str, ticks: Any, **kwargs: Any) -> list[Anomaly]:
+    """The batch entry point's anomalies (`analyse_series`)."""
+    return analyse_series(symbol, ticks, **kwargs).anomalies
+
+
 pytestmark = pytest.mark.unit
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 WINDOWS = [60, 300, 900]
 THRESHOLDS = {60: 0.02, 300: 0.03, 900: 0.05}
 CLOSE = timedelta(milliseconds=59_999)  # a kline closes 59.999 s after it opens

@@ -1,4 +1,4 @@
-"""AnomalyDetector rules (threshold, winner, direction, cooldown) and detect_series."""
+"""AnomalyDetector rules (threshold, winner, direction, cooldown) and the batch entry `analyse_series`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,23 @@ import itertools
 import math
 import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mw_core.config import load_settings
-from mw_core.markets.detector import AnomalyDetector, detect_series
+from mw_core.markets.analysis import analyse_series
+from mw_core.markets.detector import AnomalyDetector
 from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly, WindowStats
+
+
+def detect_series(symbol: str, ticks: Any, **kwargs: Any) -> list[Anomaly]:
+    """The batch entry point's anomalies (`analyse_series`)."""
+    return analyse_series(symbol, ticks, **kwargs).anomalies
+
 
 pytestmark = pytest.mark.unit
 

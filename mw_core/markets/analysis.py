@@ -1,0 +1,194 @@
+"""THE analysis path: tick admission, window update and detection, shared by stream and batch.
+
+Contract:
+- `Analyzer` keeps per-symbol state (`SymbolWindows`, the detector's cooldown, and the episode
+  policy when one is given) and analyses ticks in the order they arrive. The streaming
+  processor calls `Analyzer.run` once per consumed batch; the batch paths (`price_anomalies`
+  partitions, `mw backtest`) call `analyse_series` / `Analyzer.run` over stored or recorded
+  ticks. Same ticks in the same order with the same starting state -> the same anomalies,
+  rejections and episode events, by construction: there is no second loop.
+- Admission of a tick of a symbol whose newest applied tick is at ``newest``:
+  - ``ts > newest`` (or no state yet): applied to the windows, then checked by the detector;
+  - ``ts == newest``: a duplicate (a re-sent record): kept for the idempotent store, not applied;
+  - ``newest - ts <= max_out_of_order_ms``, or the tick is a REST backfill of a gap
+    (``source == "rest_backfill"``): late but kept: stored, not applied to the windows;
+  - otherwise rejected with reason ``out_of_order`` (the caller dead-letters it).
+- Rejections carry only the reason and a human detail; the caller owns the topic and payload.
+- Pure: no I/O, O(1) amortized per tick (the windows' cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mw_core.markets.detector import AnomalyDetector
+from mw_core.markets.windows import SymbolWindows
+from mw_core.models import Anomaly, Tick, WindowStats
+
+__all__ = ["Analysis", "Analyzer", "EventSink", "Rejection", "analyse_series"]
+
+OUT_OF_ORDER = "out_of_order"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A tick the analysis refuses (the caller turns it into a dead letter)."""
+
+    reason: str
+    tick: Tick
+    detail: str
+
+
+class EventSink(Protocol):
+    """What the analysis tells about each detection (the episode policy implements it)."""
+
+    def on_anomaly(self, anomaly: Anomaly) -> None: ...
+
+    def on_tick(self, symbol: str, ts: int, price: float) -> None: ...
+
+
+@dataclass(slots=True)
+class Analysis:
+    """The result of analysing one sequence of ticks."""
+
+    stored: list[Tick] = field(default_factory=list)  # ticks to make durable (applied + dup + late)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    anomaly_index: list[int] = field(default_factory=list)  # index in the input of each anomaly's tick
+    rejected: list[Rejection] = field(default_factory=list)
+    last_stats: dict[str, tuple[int, tuple[WindowStats, ...]]] = field(default_factory=dict)
+    duplicates: int = 0
+    late_stored: int = 0
+
+
+class Analyzer:
+    """Per-symbol windows + detector (+ optional episode sink): the one analysis loop."""
+
+    __slots__ = ("_tolerance_ms", "detector", "sink", "windows", "windows_s")
+
+    def __init__(
+        self,
+        *,
+        windows_s: Sequence[int],
+        threshold_for: Callable[[str, int], float],
+        cooldown_s: int,
+        max_out_of_order_s: int,
+        sink: EventSink | None = None,
+    ) -> None:
+        self.windows_s = tuple(windows_s)
+        self.detector = AnomalyDetector(threshold_for=threshold_for, cooldown_s=cooldown_s)
+        self.windows: dict[str, SymbolWindows] = {}
+        self.sink = sink
+        self._tolerance_ms = max_out_of_order_s * 1000
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, sink: EventSink | None = None) -> Analyzer:
+        """An analyzer configured like the streaming processor (`Settings`)."""
+        return cls(
+            windows_s=settings.windows_s,
+            threshold_for=settings.threshold_for,
+            cooldown_s=settings.cooldown_s,
+            max_out_of_order_s=settings.max_out_of_order_s,
+            sink=sink,
+        )
+
+    # --- state ---------------------------------------------------------------------------------
+    def knows(self, symbol: str) -> bool:
+        return symbol in self.windows
+
+    def hydrate(
+        self, symbol: str, history: Iterable[tuple[int, float]], *, last_alert_ts: int | None = None
+    ) -> None:
+        """(Re)build a symbol's state from stored ticks (warm-up, not checked) and its last alert."""
+        windows = SymbolWindows(self.windows_s)
+        windows.load(history)
+        self.windows[symbol] = windows
+        if last_alert_ts is not None:
+            self.detector.seed_cooldown(symbol, last_alert_ts)
+
+    def drop(self, symbols: Iterable[str]) -> None:
+        """Forget symbols (their partition moved away; rehydrated when it comes back)."""
+        for symbol in symbols:
+            self.windows.pop(symbol, None)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self, ticks: Sequence[Tick], out: Analysis | None = None) -> Analysis:
+        """Analyse `ticks` in order; symbols without state start empty (call `hydrate` first).
+
+        Appends to `out` when given (the processor analyses a batch partition by partition);
+        `anomaly_index` then counts from the start of this call's `ticks`.
+        """
+        res = Analysis() if out is None else out
+        keep = res.stored.append
+        state = self.windows
+        check = self.detector.check
+        sink = self.sink
+        tolerance = self._tolerance_ms
+        last_stats = res.last_stats
+        anomalies = res.anomalies
+        index = res.anomaly_index
+        for i, tick in enumerate(ticks):
+            symbol, ts, price = tick[0], tick[1], tick[2]
+            windows = state.get(symbol)
+            if windows is None:
+                windows = state[symbol] = SymbolWindows(self.windows_s)
+            newest = windows.newest_ts
+            if newest is not None and ts <= newest:
+                if ts == newest:
+                    res.duplicates += 1
+                    keep(tick)  # idempotent insert; keeps a re-sent tick durable
+                    continue
+                if newest - ts > tolerance and tick.source != "rest_backfill":
+                    res.rejected.append(
+                        Rejection(
+                            OUT_OF_ORDER,
+                            tick,
+                            f"{symbol} ts {ts} is {(newest - ts) / 1000:.1f}s older than {newest}",
+                        )
+                    )
+                    continue
+                # Late but tolerated (or a REST backfill of a gap): stored, not applied to windows.
+                res.late_stored += 1
+                keep(tick)
+                continue
+            stats = windows.update(ts, price)
+            keep(tick)
+            last_stats[symbol] = (ts, stats)
+            anomaly = check(symbol, ts, price, stats, windows=windows)
+            if anomaly is not None:
+                anomalies.append(anomaly)
+                index.append(i)
+                if sink is not None:
+                    sink.on_anomaly(anomaly)
+            if sink is not None:
+                sink.on_tick(symbol, ts, price)
+        return res
+
+
+def analyse_series(
+    symbol: str,
+    ticks: Iterable[tuple[int, float] | Tick],
+    *,
+    windows_s: Sequence[int],
+    threshold_for: Callable[[str, int], float],
+    cooldown_s: int,
+    max_out_of_order_s: int = 0,
+    warmup: Iterable[tuple[int, float]] = (),
+    last_alert_ts: int | None = None,
+    sink: EventSink | None = None,
+) -> Analysis:
+    """Analyse one symbol's ticks after a warm-up (the batch entry point).
+
+    `ticks` are ``(ts, price)`` pairs (stored prices) or `Tick` records (which keep their
+    ``source``, e.g. ``rest_backfill``), in arrival order.
+    """
+    analyzer = Analyzer(
+        windows_s=windows_s,
+        threshold_for=threshold_for,
+        cooldown_s=cooldown_s,
+        max_out_of_order_s=max_out_of_order_s,
+        sink=sink,
+    )
+    analyzer.hydrate(symbol, warmup, last_alert_ts=last_alert_ts)
+    return analyzer.run([t if isinstance(t, Tick) else Tick(symbol, t[0], t[1]) for t in ticks])
