@@ -15,11 +15,23 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MW_"
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+# The Dagster daemon's sensor loop runs every 5 s at best, and polling a feed faster than that is
+# abuse of its publisher: shorter sensor intervals are raised to this.
+MIN_SENSOR_INTERVAL_S = 5
+SENSOR_INTERVALS = ("rss_poll_interval_s", "anomalies_poll_interval_s", "orphaned_runs_interval_s")
 
 DEFAULT_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
 DEFAULT_FEEDS = [
@@ -90,6 +102,16 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="Kafka SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password.")
     host: str = Field("127.0.0.1", description="Address every local server binds to.")
+    broker_log: str = Field(
+        "warn", description="Log filter (RUST_LOG) of the embedded Tansu broker, e.g. `info`, `debug`."
+    )
+    # Dagster's own name for it (dagster.yaml reads it too), hence no MW_ prefix.
+    dagster_pg_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("DAGSTER_PG_URL", "dagster_pg_url"),
+        description="Dagster run/event/schedule storage (SQLAlchemy URL). Unset: database `dagster` "
+        "on the app's PostgreSQL server.",
+    )
 
     # --- topics -----------------------------------------------------------------------------
     topic_prices: str = Field("prices", description="Kafka topic for ticks.")
@@ -129,6 +151,17 @@ class Settings(BaseSettings):
         description="Per-symbol overrides, e.g. `SOLUSDT:60:0.03,SOLUSDT:300:0.05`.",
     )
     cooldown_s: int = Field(60, ge=0, description="At most one alert per symbol per cooldown (event time).")
+    episodes_enabled: bool = Field(
+        True, description="Group detections into alert episodes (open / escalate / close); off: one alert per detection."
+    )
+    episode_escalation_step: float = Field(
+        1.5,
+        gt=1.0,
+        description="An open episode alerts again when a detection's severity (|ret| / threshold) reaches this multiple of the last alerted one.",
+    )
+    episode_quiet_s: int = Field(
+        3600, gt=0, description="An episode closes after this long (event time) without a detection."
+    )
     max_out_of_order_s: int = Field(
         5, ge=0, description="Ticks older than the symbol's newest by more than this go to the DLQ."
     )
@@ -155,6 +188,17 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(20.0, gt=0, description="Per-request LLM timeout.")
     llm_max_calls_per_run: int = Field(50, ge=0, description="Cap on LLM calls per enrichment run.")
     llm_max_tokens_per_run: int = Field(50_000, ge=0, description="Cap on LLM tokens per enrichment run.")
+
+    # --- Dagster sensors (read when the code location loads) ----------------------------------
+    rss_poll_interval_s: int = Field(
+        60, description="Seconds between `rss_poll_sensor` ticks (at least 5; shorter for tests, demos)."
+    )
+    anomalies_poll_interval_s: int = Field(
+        30, description="Seconds between `new_anomalies_sensor` ticks (at least 5)."
+    )
+    orphaned_runs_interval_s: int = Field(
+        60, description="Seconds between `orphaned_runs_sensor` ticks (at least 5)."
+    )
 
     # --- logging ------------------------------------------------------------------------------
     log_format: Literal["console", "json"] = Field("console", description="Log format.")
@@ -202,6 +246,23 @@ class Settings(BaseSettings):
     def _symbol_thresholds_csv(cls, value: Any) -> Any:
         return _parse_symbol_thresholds(value)
 
+    @field_validator(*SENSOR_INTERVALS, mode="before")
+    @classmethod
+    def _whole_seconds(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            if not value.strip():  # blank (even spaces): the default
+                return cls.model_fields[str(info.field_name)].default
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ValueError(f"must be a whole number of seconds, got {value!r}") from None
+        return value
+
+    @field_validator(*SENSOR_INTERVALS)
+    @classmethod
+    def _at_least_min_interval(cls, value: int) -> int:
+        return max(MIN_SENSOR_INTERVAL_S, value)
+
     @model_validator(mode="after")
     def _thresholds_cover_windows(self) -> Settings:
         missing = [w for w in self.windows_s if w not in self.thresholds]
@@ -232,7 +293,7 @@ class Settings(BaseSettings):
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name == "database_url":
+            if name in ("database_url", "dagster_pg_url"):
                 out[name] = redact_url(value.get_secret_value()) if value else None
             elif isinstance(value, SecretStr):
                 out[name] = "**********"
@@ -241,6 +302,14 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+
+def env_var(name: str) -> str:
+    """The environment variable of `Settings` field `name` (``MW_`` + name, unless aliased)."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return str(alias) if isinstance(alias, str) else f"{ENV_PREFIX}{name.upper()}"
 
 
 def markdown_table() -> str:
@@ -260,7 +329,7 @@ def markdown_table() -> str:
         else:
             shown = str(default)
         shown = shown.replace("|", "\\|")
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{shown}` | {info.description or ''} |")
+        rows.append(f"| `{env_var(name)}` | `{shown}` | {info.description or ''} |")
     return "\n".join(rows)
 
 

@@ -19,7 +19,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,7 +42,14 @@ class Rejection:
 
 
 class EventSink(Protocol):
-    """What the analysis tells about each detection (the episode policy implements it)."""
+    """What the analysis tells about ticks and detections (the episode policy implements it).
+
+    ``on_tick`` is called, before detection, only for symbols in ``open`` (keeps the hot path to
+    one dict lookup per tick while nothing is open).
+    """
+
+    @property
+    def open(self) -> Mapping[str, object]: ...
 
     def on_anomaly(self, anomaly: Anomaly) -> None: ...
 
@@ -124,6 +131,7 @@ class Analyzer:
         state = self.windows
         check = self.detector.check
         sink = self.sink
+        sink_open: Mapping[str, object] = sink.open if sink is not None else {}
         tolerance = self._tolerance_ms
         last_stats = res.last_stats
         anomalies = res.anomalies
@@ -154,6 +162,8 @@ class Analyzer:
                 continue
             stats = windows.update(ts, price)
             keep(tick)
+            if symbol in sink_open:
+                sink.on_tick(symbol, ts, price)  # type: ignore[union-attr]  # sink_open is empty without a sink
             last_stats[symbol] = (ts, stats)
             anomaly = check(symbol, ts, price, stats, windows=windows)
             if anomaly is not None:
@@ -161,8 +171,6 @@ class Analyzer:
                 index.append(i)
                 if sink is not None:
                     sink.on_anomaly(anomaly)
-            if sink is not None:
-                sink.on_tick(symbol, ts, price)
         return res
 
 

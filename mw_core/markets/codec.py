@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from mw_core.markets.episodes import EpisodeEvent
 from mw_core.models import Anomaly, DeadLetter, Tick, ms_to_dt
 
 SYMBOL_MAX_LEN = 20
@@ -204,6 +205,53 @@ def encode_alert(a: Anomaly, *, summary: str | None = None, **extra: Any) -> tup
     }
     body.update(extra)
     return a.symbol.encode(), orjson.dumps(body)
+
+
+def encode_event(e: EpisodeEvent) -> tuple[bytes, bytes]:
+    """(key, value) for the `alerts` topic: one episode event (``open`` / ``escalate`` / ``close``).
+
+    Example value::
+
+        {"type": "episode", "kind": "open", "episode_id": "SOLUSDT-1722820079999", "seq": 1,
+         "symbol": "SOLUSDT", "ts": 1722820079999, "time": "2024-08-05T01:07:59.999000+00:00",
+         "window_s": 300, "ret": -0.0458, "return": -0.0458, "direction": "down", "price": 129.1,
+         "threshold": 0.03, "ref_price": 135.3, "ref_ts": 1722819779999, "peak_ret": -0.0458,
+         "peak_window_s": 300, "extreme_price": 129.1, "opened_ts": 1722820079999, "summary": "..."}
+    """
+    body: dict[str, Any] = {
+        "type": "episode",
+        "kind": e.kind,
+        "episode_id": e.episode_id,
+        "seq": e.seq,
+        "symbol": e.symbol,
+        "ts": e.ts,
+        "time": ms_to_dt(e.ts).isoformat(),
+        "window_s": e.window_s,
+        "ret": e.ret,
+        "return": e.ret,
+        "direction": e.direction,
+        "price": e.price,
+        "threshold": e.threshold,
+        "ref_price": e.ref_price,
+        "ref_ts": e.ref_ts,
+        "peak_ret": e.peak_ret,
+        "peak_window_s": e.peak_window_s,
+        "extreme_price": e.extreme_price,
+        "opened_ts": e.opened_ts,
+        "summary": e.summary,
+    }
+    return e.symbol.encode(), orjson.dumps(body)
+
+
+def event_key(value: bytes | None) -> tuple[str, int] | None:
+    """``(episode_id, seq)`` of an `alerts` record, None when it is not an episode event."""
+    try:
+        body = orjson.loads(value or b"")
+        if body.get("type") != "episode":
+            return None
+        return (str(body["episode_id"]), int(body["seq"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def encode_dead_letter(dl: DeadLetter) -> bytes:

@@ -11,8 +11,9 @@ Contract (at-least-once with idempotent writes):
 5. Ticks, the latest metrics per symbol and the anomalies go to PostgreSQL in ONE transaction
    (bulk `unnest`). While PostgreSQL is down the write is retried with backoff and offsets are not
    committed; `/healthz` reports `degraded`.
-6. Dead letters go to `dlq`; alerts for anomalies whose `published_at` is NULL (the outbox) go to
-   `alerts` and are then marked published. Outbox rows a previous owner left unmarked (it died
+6. Dead letters go to `dlq`; episode events (`mw_core.markets.episodes`: open / escalate / close)
+   whose `published_at` is NULL in `alert_events` (the outbox) go to `alerts` and are then marked
+   published. Outbox rows a previous owner left unmarked (it died
    between the send and the mark) are first looked up in `alerts`: found ones are only marked, so
    a crash never publishes an alert twice (effectively once; see `_skip_already_sent`).
 7. Only then are the batch's offsets committed. A crash anywhere replays at most the uncommitted
@@ -31,23 +32,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
 from mw_core.adapters import bus
-from mw_core.adapters.postgres.anomalies import last_anomaly_ts, mark_published, unpublished_anomalies
+from mw_core.adapters.postgres.anomalies import insert_anomalies, last_anomaly_ts
+from mw_core.adapters.postgres.episodes import (
+    detections_before,
+    insert_events,
+    mark_events_published,
+    price_extremes,
+    unpublished_events,
+)
 from mw_core.adapters.postgres.pool import create_pool, ping
-from mw_core.adapters.postgres.prices import MetricRow, recent_prices, write_batch
+from mw_core.adapters.postgres.prices import MetricRow, insert_metrics, insert_ticks, recent_prices
 from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.adapters.retry import DB_TRANSIENT, retry_async
 from mw_core.config import Settings
 from mw_core.markets import codec
 from mw_core.markets.analysis import Analysis, Analyzer
+from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.markets.window_math import metric_rows
-from mw_core.models import Anomaly, DeadLetter, Tick, ms_to_dt
+from mw_core.models import Anomaly, DeadLetter, Tick
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +90,9 @@ class _Prepared:
     metrics: list[MetricRow]
     anomalies: list[Anomaly]
     dead: list[DeadLetter]
+    events: list[EpisodeEvent]
     outbox_symbols: list[str]
-    anomaly_times: dict[tuple[str, int, int], int]
+    anomaly_times: dict[tuple[str, int], int]  # (symbol, ts) of a detection -> its Kafka timestamp
     offsets: dict[TopicPartition, int]
 
 
@@ -142,7 +151,8 @@ class Processor:
             raise ValueError("MW_DATABASE_URL is not set and no embedded database was started")
         self._db_url = url
         self._threshold_for = settings.threshold_for
-        self.analyzer = Analyzer.from_settings(settings)
+        self.episodes = EpisodePolicy.from_settings(settings)
+        self.analyzer = Analyzer.from_settings(settings, sink=self.episodes)
         # The partition each symbol in `analyzer` came from: its state is dropped when that moves away.
         self.partition_of: dict[str, int] = {}
         self.stats = ProcessorStats()
@@ -154,8 +164,10 @@ class Processor:
         self._queue: asyncio.Queue[_Prepared | None] | None = None
         # Keys of outbox rows found unpublished when their symbol was rehydrated: a dead previous
         # owner may have sent them already (see `_skip_already_sent`).
-        self._unconfirmed: set[tuple[str, int, int]] = set()
+        self._unconfirmed: set[tuple[str, int]] = set()
         self._max_window_s = max(settings.windows_s)
+        # How far back a restart looks for the detections of a still-open episode.
+        self._episode_lookback_s = max(86_400, 4 * settings.episode_quiet_s)
         self._tolerance_ms = settings.max_out_of_order_s * 1000
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -288,9 +300,10 @@ class Processor:
         for symbol in gone:
             del self.partition_of[symbol]
         self.analyzer.drop(gone)
+        self.episodes.drop(gone)
         if gone:
             dropped = set(gone)
-            self._unconfirmed = {k for k in self._unconfirmed if k[0] not in dropped}
+            self._unconfirmed = {k for k in self._unconfirmed if k[0].rsplit("-", 1)[0] not in dropped}
             log.info(
                 "dropped window state of %d symbols (partitions %s revoked)", len(gone), sorted(partitions)
             )
@@ -299,17 +312,27 @@ class Processor:
         """Rebuild windows + cooldown of symbols not yet in memory: symbol -> (first ts, partition)."""
         assert self._pool is not None
         before = {s: ts for s, (ts, _) in cold.items()}
-        history = await self._with_db_retry(
-            recent_prices, self._pool, before, lookback_s=self._max_window_s
-        )
+        history = await self._with_db_retry(recent_prices, self._pool, before, lookback_s=self._max_window_s)
         cooldowns = await self._with_db_retry(last_anomaly_ts, self._pool, before)
-        orphans = await self._with_db_retry(
-            unpublished_anomalies, self._pool, limit=10_000, symbols=list(cold)
+        orphans = await self._with_db_retry(unpublished_events, self._pool, limit=10_000, symbols=list(cold))
+        self._unconfirmed.update(e.key for _, e in orphans)
+        # Open episodes are rebuilt like the cooldown: from the stored raw detections before the
+        # batch, then their extreme price from the stored prices the episode has seen.
+        detections = await self._with_db_retry(
+            detections_before, self._pool, before, lookback_s=self._episode_lookback_s
         )
-        self._unconfirmed.update(a.key for _, a in orphans)
-        for symbol, (_, partition) in cold.items():
+        spans: dict[str, tuple[int, int]] = {}
+        for symbol, (first_ts, partition) in cold.items():
             self.analyzer.hydrate(symbol, history.get(symbol, ()), last_alert_ts=cooldowns.get(symbol))
             self.partition_of[symbol] = partition
+            if self.episodes.rebuild(symbol, detections.get(symbol, ()), before_ts=first_ts) is not None:
+                span = self.episodes.extreme_span(symbol, first_ts)
+                if span is not None:
+                    spans[symbol] = span
+        if spans:
+            extremes = await self._with_db_retry(price_extremes, self._pool, spans)
+            for symbol, (lo, hi) in extremes.items():
+                self.episodes.widen_extreme(symbol, lo, hi)
         if cold:
             log.debug(
                 "rehydrated %d symbols (%d stored ticks)", len(cold), sum(len(v) for v in history.values())
@@ -362,18 +385,19 @@ class Processor:
         # The one analysis path (`mw_core.markets.analysis`), partition by partition so that each
         # anomaly finds its tick's Kafka timestamp (tick -> alert latency).
         res = Analysis()
-        anomaly_times: dict[tuple[str, int, int], int] = {}
+        anomaly_times: dict[tuple[str, int], int] = {}
         run = self.analyzer.run
         for _, part_ticks, part_times in decoded:
             first = len(res.anomaly_index)
             run(part_ticks, res)
             for a, j in zip(res.anomalies[first:], res.anomaly_index[first:], strict=True):
-                anomaly_times[a.key] = part_times[j]
+                anomaly_times[(a.symbol, a.ts)] = part_times[j]
         self.stats.duplicates += res.duplicates
         self.stats.late_stored += res.late_stored
         topic = self.settings.topic_prices
         dead.extend(DeadLetter(r.reason, topic, codec.encode_tick(r.tick)[1], r.detail) for r in res.rejected)
         anomalies = res.anomalies
+        events = self.episodes.take()
 
         metrics: list[MetricRow] = []
         for symbol, (ts, stats) in res.last_stats.items():
@@ -385,14 +409,15 @@ class Processor:
             metrics,
             anomalies,
             dead,
-            sorted({a.symbol for a in anomalies} | set(cold)),
+            events,
+            sorted({e.symbol for e in events} | set(cold)),
             anomaly_times,
             offsets,
         )
 
     async def finish_batch(self, b: _Prepared) -> None:
         """Make a prepared batch durable, publish its dead letters and alerts, then commit."""
-        await self._write(b.ticks, b.metrics, b.anomalies)
+        await self._write(b.ticks, b.metrics, b.anomalies, b.events)
         if b.dead:
             await self._dead_letters(b.dead)
         if b.outbox_symbols:
@@ -444,10 +469,26 @@ class Processor:
             self.stats.degraded = None
         return result
 
-    async def _write(self, ticks: list[Tick], metrics: list[MetricRow], anomalies: list[Anomaly]) -> None:
-        assert self._pool is not None
+    async def _write(
+        self,
+        ticks: list[Tick],
+        metrics: list[MetricRow],
+        anomalies: list[Anomaly],
+        events: list[EpisodeEvent],
+    ) -> None:
+        """Ticks, metrics, raw detections and episode events (the outbox) in ONE transaction."""
+        pool = self._pool
+        assert pool is not None
+
+        async def write() -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await insert_ticks(conn, ticks)
+                await insert_metrics(conn, metrics)
+                await insert_anomalies(conn, anomalies)
+                await insert_events(conn, events)
+
         started = time.perf_counter()
-        await self._with_db_retry(write_batch, self._pool, ticks, metrics, anomalies)
+        await self._with_db_retry(write)
         DB_WRITE.observe(time.perf_counter() - started)
 
     async def _send_all(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -505,43 +546,33 @@ class Processor:
             dead[0].detail[:200],
         )
 
-    async def _publish_outbox(
-        self, symbols: list[str], anomaly_times: dict[tuple[str, int, int], int]
-    ) -> None:
-        """Publish alerts of unpublished anomalies of the symbols this member owns, then mark them."""
+    async def _publish_outbox(self, symbols: list[str], anomaly_times: dict[tuple[str, int], int]) -> None:
+        """Publish unpublished episode events of the symbols this member owns, then mark them."""
         assert self._pool is not None and self._producer is not None
-        rows = await self._with_db_retry(unpublished_anomalies, self._pool, limit=10_000, symbols=symbols)
+        rows = await self._with_db_retry(unpublished_events, self._pool, limit=10_000, symbols=symbols)
         if rows and self._unconfirmed:
             rows = await self._skip_already_sent(rows)
         if not rows:
             return
-        await self._send_all(
-            self.settings.topic_alerts,
-            [codec.encode_alert(anomaly, anomaly_id=anomaly_id) for anomaly_id, anomaly in rows],
-        )
+        await self._send_all(self.settings.topic_alerts, [codec.encode_event(e) for _, e in rows])
         now = time.time()
-        for _, anomaly in rows:
-            kafka_ts = anomaly_times.get(anomaly.key)
+        for _, e in rows:
+            kafka_ts = anomaly_times.get((e.symbol, e.ts))
             if kafka_ts is not None and kafka_ts > 0:
                 latency = max(0.0, now - kafka_ts / 1000)
                 TICK_TO_ALERT.observe(latency)
                 if self._record_latencies:
                     self.stats.alert_latencies_ms.append(latency * 1000)
-        await self._with_db_retry(mark_published, self._pool, [anomaly_id for anomaly_id, _ in rows])
+        await self._with_db_retry(mark_events_published, self._pool, [i for i, _ in rows])
         self.stats.alerts += len(rows)
         ALERTS.inc(len(rows))
-        for _, a in rows[:20]:
-            log.info(
-                "ALERT %s %s %+.2f%% over %ss at %s",
-                a.symbol,
-                a.direction,
-                a.ret * 100,
-                a.window_s,
-                ms_to_dt(a.ts).isoformat(),
-            )
+        for _, e in rows[:20]:
+            log.info("ALERT %s #%d %s: %s", e.kind, e.seq, e.episode_id, e.summary)
 
-    async def _skip_already_sent(self, rows: list[tuple[int, Anomaly]]) -> list[tuple[int, Anomaly]]:
-        """Mark, and drop from `rows`, the orphaned outbox rows whose alert is already in `alerts`.
+    async def _skip_already_sent(
+        self, rows: list[tuple[int, EpisodeEvent]]
+    ) -> list[tuple[int, EpisodeEvent]]:
+        """Mark, and drop from `rows`, the orphaned outbox rows whose event is already in `alerts`.
 
         A row is orphaned when it was unpublished at rehydration: its previous owner may have died
         after the Kafka send but before the `published_at` update. Only then is the alerts topic
@@ -549,7 +580,7 @@ class Processor:
         rows are sent: a possible duplicate beats a lost alert.
         """
         assert self._pool is not None
-        suspects = {a.key for _, a in rows if a.key in self._unconfirmed}
+        suspects = {e.key for _, e in rows if e.key in self._unconfirmed}
         if not suspects:
             return rows
         self._unconfirmed -= suspects
@@ -566,7 +597,7 @@ class Processor:
             return rows
         if not found:
             return rows
-        await self._with_db_retry(mark_published, self._pool, [i for i, a in rows if a.key in found])
+        await self._with_db_retry(mark_events_published, self._pool, [i for i, e in rows if e.key in found])
         ALERTS_ALREADY_SENT.inc(len(found))
         log.warning(
             "%d alerts were already in %s (their previous owner died before marking them): "
@@ -574,9 +605,9 @@ class Processor:
             len(found),
             self.settings.topic_alerts,
         )
-        return [(i, a) for i, a in rows if a.key not in found]
+        return [(i, e) for i, e in rows if e.key not in found]
 
-    async def _alerts_in_topic(self, keys: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+    async def _alerts_in_topic(self, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which of `keys` have an alert in the alerts topic (every partition read to its end)."""
         topic = self.settings.topic_alerts
         consumer = bus.consumer(self.settings, group_id=None)
@@ -588,13 +619,13 @@ class Processor:
                 return set()
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            found: set[tuple[str, int, int]] = set()
+            found: set[tuple[str, int]] = set()
             deadline = time.monotonic() + 60
             while found != keys:
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
                     for rec in records:
-                        key = _alert_key(rec.value)
+                        key = codec.event_key(rec.value)
                         if key in keys:
                             found.add(key)
                 # The high watermark of fetch responses is exact (Tansu's `end_offsets` is not).
@@ -621,12 +652,3 @@ class Processor:
             )
             return
         self.stats.last_commit_at = time.time()
-
-
-def _alert_key(value: bytes | None) -> tuple[str, int, int] | None:
-    """(symbol, ts, window_s) of an `alerts` record (`codec.encode_alert`), None if unreadable."""
-    try:
-        body = orjson.loads(value or b"")
-        return (str(body["symbol"]), int(body["ts"]), int(body["window_s"]))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None

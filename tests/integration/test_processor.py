@@ -10,7 +10,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mw_core.adapters import bus, db
+from mw_core.adapters import bus
+from mw_core.adapters.postgres.pool import create_pool
+from mw_core.adapters.postgres.schema import SCHEMA_VERSION, TABLES, apply_schema, table_counts
 from mw_core.config import Settings
 from mw_core.markets import codec
 from mw_core.models import Tick
@@ -110,10 +112,17 @@ async def test_ticks_flow_to_db_and_jump_raises_one_alert(settings: Settings) ->
         ("AAAUSDT", 300, "up"),
     ]
     assert (anomalies[1]["ts"] - anomalies[0]["ts"]).total_seconds() == 60
-    assert all(a["ret"] >= 0.02 and a["published_at"] is not None for a in anomalies)
-    alerts = await consume_all(settings, settings.topic_alerts, expect=2)
-    assert [(a["symbol"], a["window_s"]) for a in alerts] == [("AAAUSDT", 60), ("AAAUSDT", 300)]
-    assert alerts[0]["summary"].startswith("[template] AAAUSDT rose")
+    assert all(a["ret"] >= 0.02 for a in anomalies)
+    # Both detections are one episode: the first opens it, the weaker second updates it silently.
+    events = await fetch(settings, "SELECT episode_id, kind, seq, published_at FROM alert_events")
+    assert [(e["kind"], e["seq"]) for e in events] == [("open", 1)]
+    assert events[0]["published_at"] is not None
+    alerts = await consume_all(settings, settings.topic_alerts, expect=1)
+    assert [(a["symbol"], a["kind"], a["seq"], a["window_s"]) for a in alerts] == [("AAAUSDT", "open", 1, 60)]
+    assert alerts[0]["episode_id"] == events[0]["episode_id"]
+    assert alerts[0]["summary"].startswith("AAAUSDT up +")
+    episodes = await fetch(settings, "SELECT symbol, last_seq, closed_at FROM alert_episodes")
+    assert [(e["symbol"], e["last_seq"], e["closed_at"]) for e in episodes] == [("AAAUSDT", 1, None)]
     metrics = await fetch(settings, "SELECT DISTINCT window_s FROM metrics ORDER BY 1")
     assert [r["window_s"] for r in metrics] == [60, 300, 900]
 
@@ -253,16 +262,16 @@ async def test_two_processors_split_partitions(make_settings) -> None:  # type: 
 
 async def test_schema_is_idempotent_and_versioned(settings: Settings) -> None:
     assert settings.database_url is not None
-    pool = await db.create_pool(settings.database_url.get_secret_value())
+    pool = await create_pool(settings.database_url.get_secret_value())
     try:
-        first = await db.apply_schema(pool)
-        again, other = await asyncio.gather(db.apply_schema(pool), db.apply_schema(pool))
-        assert first.applied == (db.SCHEMA_VERSION,)
+        first = await apply_schema(pool)
+        again, other = await asyncio.gather(apply_schema(pool), apply_schema(pool))
+        assert first.applied == tuple(range(1, SCHEMA_VERSION + 1))
         assert again.applied == () and other.applied == ()
         assert first.timescale is False  # no timescaledb extension here
         versions = await pool.fetch("SELECT version FROM schema_version")
-        assert [r["version"] for r in versions] == [db.SCHEMA_VERSION]
-        counts = await db.table_counts(pool)
-        assert set(counts) == set(db.TABLES)
+        assert sorted(r["version"] for r in versions) == list(range(1, SCHEMA_VERSION + 1))
+        counts = await table_counts(pool)
+        assert set(counts) == set(TABLES)
     finally:
         await pool.close()

@@ -1,1 +1,0 @@
-"""Assets per domain: `infra` (schema, service health), `markets`, `news`, `alerts`."""
