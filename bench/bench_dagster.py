@@ -27,9 +27,9 @@ from pathlib import Path
 import asyncpg
 import dagster as dg
 
+from mw_core.local.pg_urls import with_database
 from mw_core.local.postgres import EmbeddedPostgres
-from mw_core.local.runtime import database_url
-from mw_dagster.assets.markets import price_anomalies
+from mw_dagster.markets.assets import price_anomalies
 from mw_dagster.resources import PostgresResource
 
 DAY = "2024-08-05"
@@ -75,7 +75,7 @@ async def _admin(server_url: str, sql: str) -> None:
 def run(server_url: str, *, symbols: int, minutes: int, seed: int) -> float:
     name = f"mw_bench_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
-    url = database_url(server_url, name)
+    url = with_database(server_url, name)
     try:
         postgres = PostgresResource(database_url=url)
         postgres.apply_schema()
@@ -112,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     external = os.environ.get("MW_DATABASE_URL")
     if external:
-        run(database_url(external, "postgres"), symbols=args.symbols, minutes=args.minutes, seed=args.seed)
+        run(with_database(external, "postgres"), symbols=args.symbols, minutes=args.minutes, seed=args.seed)
         return
     with tempfile.TemporaryDirectory(prefix="mw-bench-pg-") as tmp:
         server = EmbeddedPostgres(Path(tmp) / "data")

@@ -38,7 +38,8 @@ from xml.sax.saxutils import escape
 import asyncpg
 import feedparser
 
-from mw_core.adapters import db
+from mw_core.adapters.postgres.pool import create_pool
+from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.models import dt_to_ms
 from mw_core.news import collect, headlines_near, insert_headlines, parse_feed
 from mw_core.news.sanitize import clean_summary, clean_title
@@ -108,9 +109,9 @@ def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 async def bench_store(url: str, items: list[Any]) -> dict[str, float | int]:
-    pool = await db.create_pool(url, max_size=2)
+    pool = await create_pool(url, max_size=2)
     try:
-        await db.apply_schema(pool)
+        await apply_schema(pool)
         start = time.perf_counter()
         first = await insert_headlines(pool, items)
         insert_s = time.perf_counter() - start

@@ -23,7 +23,7 @@ command is launched:
 
 A *first start* uses an empty state dir (initdb, databases, schema, Dagster storage migrations);
 a *warm start* runs again on that initialized state dir. With ``--repeat N`` both are run N times
-(a new state dir per first start) and the median is reported. Targets (`mw_core.local.stack`): UI
+(a new state dir per first start) and the median is reported. Targets (`mw_core.local.banners`): UI
 answering + first tick durable < 40 s on a first start, < 20 s warm.
 """
 
@@ -49,8 +49,8 @@ import httpx
 import psutil
 import psycopg2
 
+from mw_core.local.banners import durable
 from mw_core.local.ports import free_port
-from mw_core.local.stack import durable
 
 ROOT = Path(__file__).resolve().parents[1]
 MW = str(Path(sys.executable).parent / "mw")

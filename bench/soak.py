@@ -57,7 +57,9 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from mw_core.adapters import bus, db
+from mw_core.adapters import bus
+from mw_core.adapters.postgres.pool import create_pool
+from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.config import Settings, load_settings
 from mw_core.local.ports import free_port
 from mw_core.local.runtime import ensure_infra
@@ -309,8 +311,8 @@ def fmt_ms(seconds: float | None) -> str:
 async def soak(settings: Settings, args: argparse.Namespace, infra_pids: dict[str, int | None]) -> int:
     assert settings.database_url is not None
     url = settings.database_url.get_secret_value()
-    pool = await db.create_pool(url, min_size=1, max_size=2)
-    await db.apply_schema(pool)
+    pool = await create_pool(url, min_size=1, max_size=2)
+    await apply_schema(pool)
     await bus.ensure_topics(settings)
     workdir = Path(settings.state_dir)
     child = ProcessorChild(settings, workdir)

@@ -151,8 +151,24 @@ class Settings(BaseSettings):
         description="Per-symbol overrides, e.g. `SOLUSDT:60:0.03,SOLUSDT:300:0.05`.",
     )
     cooldown_s: int = Field(60, ge=0, description="At most one alert per symbol per cooldown (event time).")
+    scoring: Literal["fixed", "adaptive"] = Field(
+        "fixed",
+        description="Detection thresholds: `fixed` % per window, or `adaptive` = max(fixed %, z x the window's trailing volatility).",
+    )
+    adaptive_z: float = Field(
+        4.0, gt=0, description="Adaptive scoring: how many standard deviations make a move abnormal."
+    )
+    adaptive_lookback_s: int = Field(
+        14_400,
+        ge=600,
+        description="Adaptive scoring: trailing period of the volatility baseline (1-minute samples).",
+    )
+    adaptive_min_samples: int = Field(
+        30, ge=2, description="Adaptive scoring: samples needed before the baseline can raise a threshold."
+    )
     episodes_enabled: bool = Field(
-        True, description="Group detections into alert episodes (open / escalate / close); off: one alert per detection."
+        True,
+        description="Group detections into alert episodes (open / escalate / close); off: one alert per detection.",
     )
     episode_escalation_step: float = Field(
         1.5,

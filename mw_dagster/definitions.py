@@ -1,10 +1,19 @@
 """The Market Watch code location: the single `dg.Definitions` (loaded by ``workspace.yaml``).
 
-Resources are configured from the ``MW_*`` environment through ``dg.EnvVar`` (the UI shows the
-variable names, not the values). `MW_DATABASE_URL` is required at run time. Kafka and the LLM
-key are optional: when `MW_KAFKA_BOOTSTRAP` is unset the assets store without publishing, and
-when `MW_LLM_API_KEY` is unset enrichment uses the template. Whether they are set is decided here,
-at the entry point, because an unset ``EnvVar`` would fail every run.
+Contract:
+- The domains (infra, markets, news, alerts, maintenance) each hold their assets, checks, jobs,
+  partitions and schedules and expose one ``defs``; this module merges them with the sensors
+  (`sensors.build_sensors`) and the resources. The domains are imported as modules, not their
+  ``defs``: Dagster refuses a code location module holding several Definitions.
+- This is the only Dagster module that reads the environment: it builds the `Settings` once, when
+  the code location loads (an invalid ``MW_*`` variable fails the load with a message naming it),
+  and takes the resources' values and the sensors' intervals from it. A blank variable counts as
+  unset, as everywhere in `Settings`.
+- Secrets and URLs are handed to the resources as ``dg.EnvVar`` (the UI shows the variable names,
+  not the values). `MW_DATABASE_URL` is required at run time. Kafka and the LLM key are optional:
+  when `MW_KAFKA_BOOTSTRAP` is unset the assets store without publishing, and when
+  `MW_LLM_API_KEY` is unset enrichment uses the template. Whether they are set is decided here,
+  because an unset ``EnvVar`` would fail every run.
 """
 
 from __future__ import annotations
@@ -14,60 +23,60 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from mw_dagster.assets.alerts import alert_enrichments
-from mw_dagster.assets.infra import db_schema, prices, service_health
-from mw_dagster.assets.markets import price_anomalies
-from mw_dagster.assets.news import headlines
-from mw_dagster.checks import ALL_CHECKS
-from mw_dagster.jobs import (
-    alert_enrichments_job,
-    headlines_job,
-    maintenance_job,
-    price_anomalies_job,
-    quality_checks_job,
-)
+from mw_core.config import Settings, load_settings
+from mw_dagster.alerts import definitions as alerts
+from mw_dagster.infra import definitions as infra
+from mw_dagster.maintenance import definitions as maintenance
+from mw_dagster.markets import definitions as markets
+from mw_dagster.news import definitions as news
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, RSSResource
-from mw_dagster.schedules import maintenance_schedule, price_anomalies_schedule, quality_checks_schedule
-from sensors import ALL_SENSORS
+from sensors import build_sensors
 
 
-def _env_or_default(env: Mapping[str, str], name: str, default: str | None = None) -> str | dg.EnvVar | None:
-    """``dg.EnvVar(name)`` when the variable is set (value resolved per run), else `default`."""
-    return dg.EnvVar(name) if env.get(name) else default
+def _env_var_if_set(env: Mapping[str, str], name: str) -> dg.EnvVar | None:
+    """``dg.EnvVar(name)`` when the variable is set and not blank (value resolved per run), else None."""
+    return dg.EnvVar(name) if env.get(name, "").strip() else None
 
 
-def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
-    """The resources of the code location, from ``MW_*`` variables (see module docstring)."""
-    env = os.environ if env is None else env
-    provider = env.get("MW_LLM_PROVIDER", "openai" if env.get("MW_LLM_API_KEY") else "template")
+def build_resources(settings: Settings, env: Mapping[str, str]) -> dict[str, dg.ConfigurableResource]:  # type: ignore[type-arg]
+    """The resources of the code location: values from `settings`, secrets and URLs from `env` names."""
+    # Without a key (and without an explicit MW_LLM_PROVIDER) say "template" rather than name a
+    # provider that will never be called.
+    explicit_provider = "llm_provider" in settings.model_fields_set
+    rss_feeds = env.get("MW_RSS_FEEDS")
     return {
         "postgres": PostgresResource(database_url=dg.EnvVar("MW_DATABASE_URL")),
         "kafka": KafkaResource(
-            bootstrap=_env_or_default(env, "MW_KAFKA_BOOTSTRAP"),
-            topic_news=_env_or_default(env, "MW_TOPIC_NEWS"),
-            topic_alerts=_env_or_default(env, "MW_TOPIC_ALERTS"),
+            bootstrap=_env_var_if_set(env, "MW_KAFKA_BOOTSTRAP"),
+            topic_news=settings.topic_news,
+            topic_alerts=settings.topic_alerts,
         ),
         "llm": LLMResource(
-            provider=provider,  # type: ignore[arg-type]
-            model=env.get("MW_LLM_MODEL", "gpt-4o-mini"),
-            base_url=_env_or_default(env, "MW_LLM_BASE_URL"),
-            api_key=_env_or_default(env, "MW_LLM_API_KEY"),
-            max_calls_per_run=int(env.get("MW_LLM_MAX_CALLS_PER_RUN", "50")),
-            max_tokens_per_run=int(env.get("MW_LLM_MAX_TOKENS_PER_RUN", "50000")),
+            provider=settings.llm_provider
+            if explicit_provider or _env_var_if_set(env, "MW_LLM_API_KEY")
+            else "template",
+            model=settings.llm_model,
+            base_url=_env_var_if_set(env, "MW_LLM_BASE_URL"),
+            api_key=_env_var_if_set(env, "MW_LLM_API_KEY"),
+            timeout_s=settings.llm_timeout_s,
+            max_calls_per_run=settings.llm_max_calls_per_run,
+            max_tokens_per_run=settings.llm_max_tokens_per_run,
         ),
         # MW_RSS_FEEDS set but blank = no feeds (Settings would fall back to its defaults).
         "rss": RSSResource(
-            feeds=_env_or_default(env, "MW_RSS_FEEDS", "") or "",
-            enabled=not ("MW_RSS_FEEDS" in env and not env["MW_RSS_FEEDS"].strip()),
+            feeds=dg.EnvVar("MW_RSS_FEEDS") if rss_feeds else "",
+            enabled=rss_feeds is None or bool(rss_feeds.strip()),
         ),
     }
 
 
-defs = dg.Definitions(
-    assets=[db_schema, service_health, prices, price_anomalies, headlines, alert_enrichments],
-    asset_checks=ALL_CHECKS,
-    jobs=[price_anomalies_job, headlines_job, alert_enrichments_job, maintenance_job, quality_checks_job],
-    schedules=[price_anomalies_schedule, maintenance_schedule, quality_checks_schedule],
-    sensors=ALL_SENSORS,
-    resources=build_resources(),
+settings = load_settings()
+
+defs = dg.Definitions.merge(
+    infra.defs,
+    markets.defs,
+    news.defs,
+    alerts.defs,
+    maintenance.defs,
+    dg.Definitions(sensors=build_sensors(settings), resources=build_resources(settings, os.environ)),
 )

@@ -6,10 +6,14 @@ Contract:
 - Methods are synchronous and keyword-only, return domain records, and run `mw_core` coroutines
   through `mw_core.batch.partition.run_with_pool` (``asyncio.run`` with one short-lived asyncpg pool per
   call). No event loop lives across calls, so a resource is safe in run workers, sensors (gRPC
-  threads) and tests alike. No SQL and no coroutine is defined here (STYLE.md §2, §5).
+  threads) and tests alike. No SQL and no coroutine is defined here (CONTRIBUTING.md: adapters
+  own the SQL, asyncio stays in `mw_core`).
+- Defaults are `Settings`' defaults (`_settings_default`), never copies; `mw_dagster.definitions`
+  configures the resources from the `Settings` it builds at load time.
 - `build_settings` turns resource fields into the one `mw_core.config.Settings` the `mw_core` code
-  expects; everything a resource does not set (windows, thresholds, cooldown, symbols ...) comes from
-  the ``MW_*`` environment exactly as for the streaming processor, so batch and stream share rules.
+  expects, once per run or sensor tick (`mw_core.config.load_settings`); everything a resource does
+  not set (windows, thresholds, cooldown, symbols ...) comes from the ``MW_*`` variables exactly as
+  for the streaming processor, so batch and stream share rules.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Literal, TypeVar
 import dagster as dg
 from pydantic import Field
 
-from mw_core.adapters import db, quality
+from mw_core.adapters.postgres import quality, schema
 from mw_core.batch import partition as batch
 from mw_core.config import ConfigError, Settings, load_settings
 from mw_core.enrich.store import anomalies_after
@@ -28,6 +32,11 @@ from mw_core.models import Anomaly
 from mw_core.news.store import existing_headline_ids
 
 T = TypeVar("T")
+
+
+def _settings_default(name: str) -> Any:
+    """The default of `Settings` field `name`: a resource default is Settings', never a copy."""
+    return Settings.model_fields[name].default
 
 
 class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -46,7 +55,7 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return self.run(batch.apply_schema)
 
     def table_counts(self) -> dict[str, int]:
-        return self.run(db.table_counts)
+        return self.run(schema.table_counts)
 
     # --- price anomalies -------------------------------------------------------------------------
     def compute_partition(
@@ -109,13 +118,18 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 class LLMResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The LLM used to enrich alerts (OpenAI-compatible API) and the per-run spending caps."""
 
+    # "template" (not Settings' "openai"): a resource built without a key never calls out.
     provider: Literal["openai", "gemini", "ollama", "template"] = Field(default="template")
-    model: str = Field(default="gpt-4o-mini")
+    model: str = Field(default=_settings_default("llm_model"), description="LLM model name.")
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL.")
     api_key: str | None = Field(default=None, description="API key (dg.EnvVar('MW_LLM_API_KEY')).")
-    timeout_s: float = Field(default=20.0)
-    max_calls_per_run: int = Field(default=50, description="Cap on LLM calls per run.")
-    max_tokens_per_run: int = Field(default=50_000, description="Cap on LLM tokens per run.")
+    timeout_s: float = Field(default=_settings_default("llm_timeout_s"), description="Per-request timeout.")
+    max_calls_per_run: int = Field(
+        default=_settings_default("llm_max_calls_per_run"), description="Cap on LLM calls per run."
+    )
+    max_tokens_per_run: int = Field(
+        default=_settings_default("llm_max_tokens_per_run"), description="Cap on LLM tokens per run."
+    )
     max_alerts_per_run: int = Field(default=200, description="Cap on anomalies enriched per run.")
 
     def settings_overrides(self) -> dict[str, Any]:

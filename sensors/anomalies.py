@@ -1,4 +1,4 @@
-"""`new_anomalies_sensor`: request enrichment runs for anomalies the stream stored since the cursor.
+"""`new_anomalies_sensor`: request `alert_enrichments_job` runs for anomalies the stream stored since the cursor.
 
 Cursor: the newest `anomalies.id` already requested (decimal string; none = start at 0). Ids are
 an identity column, so "id > cursor" is exactly "new since the last tick". Each request names its
@@ -11,10 +11,7 @@ import dagster as dg
 from dagster import SensorEvaluationContext
 
 from mw_core.batch.partition import UndefinedTable
-from mw_dagster._compat import resolve_annotations
-from mw_dagster.jobs import alert_enrichments_job
 from mw_dagster.resources import PostgresResource
-from sensors.intervals import ANOMALIES_POLL_INTERVAL_DEFAULT_S, ANOMALIES_POLL_INTERVAL_VAR, interval_s
 
 BATCH = 500  # anomalies per run request (the enrichment run itself caps LLM calls/tokens)
 
@@ -26,18 +23,8 @@ def parse_cursor(cursor: str | None) -> int:
         return 0
 
 
-@dg.sensor(
-    name="new_anomalies_sensor",
-    job=alert_enrichments_job,
-    minimum_interval_seconds=interval_s(ANOMALIES_POLL_INTERVAL_VAR, ANOMALIES_POLL_INTERVAL_DEFAULT_S),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests an alert_enrichments run when the stream stored new anomalies.",
-)
-@resolve_annotations
-def new_anomalies_sensor(
-    context: SensorEvaluationContext,
-    postgres: PostgresResource,
-) -> dg.SensorResult:
+def request_enrichments(context: SensorEvaluationContext, postgres: PostgresResource) -> dg.SensorResult:
+    """One tick: a run request for the anomalies after the cursor's id (at most `BATCH`)."""
     after = parse_cursor(context.cursor)
     try:
         rows = postgres.anomalies_after(after_id=after, limit=BATCH)

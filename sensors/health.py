@@ -13,25 +13,17 @@ import dagster as dg
 from dagster import SensorEvaluationContext
 
 from mw_core.batch.partition import DatabaseErrors
-from mw_dagster._compat import resolve_annotations
-from mw_dagster.health import flow_metrics, observation
+from mw_dagster.infra.health import flow_metrics, observation
 from mw_dagster.resources import PostgresResource
 
+INTERVAL_S = 60  # the observation covers the last minute of ticks
 
-@dg.sensor(
-    name="service_health_sensor",
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Observes the price flow (ticks/minute, newest tick age) as service_health events.",
-)
-@resolve_annotations
-def service_health_sensor(
-    context: SensorEvaluationContext,
-    postgres: PostgresResource,
-) -> dg.SensorResult:
+
+def observe_price_flow(context: SensorEvaluationContext, postgres: PostgresResource) -> dg.SensorResult:
+    """One tick: a `service_health` observation of the last minute's price flow."""
     now = int(time.time() * 1000)
     try:
-        flow = postgres.price_flow(now_ms=now, window_s=60)
+        flow = postgres.price_flow(now_ms=now, window_s=INTERVAL_S)
     except DatabaseErrors as exc:
         # No database, or no schema yet: that IS the health information (prices are not flowing).
         reason = f"{type(exc).__name__}: {exc}"[:300]

@@ -30,10 +30,7 @@ from dagster import SensorEvaluationContext
 
 from mw_core.batch.partition import DatabaseErrors
 from mw_core.news.fetch import SourceResult, collect
-from mw_dagster._compat import resolve_annotations
-from mw_dagster.jobs import headlines_job
 from mw_dagster.resources import PostgresResource, RSSResource, build_settings
-from sensors.intervals import RSS_POLL_INTERVAL_DEFAULT_S, RSS_POLL_INTERVAL_VAR, interval_s
 
 SEEN_MAX = 200
 MAX_ATTEMPTS = 3
@@ -138,19 +135,10 @@ def _pending_run_failed(context: SensorEvaluationContext, run_key: str | None) -
     return bool(records) and records[0].dagster_run.status in FAILED
 
 
-@dg.sensor(
-    name="rss_poll_sensor",
-    job=headlines_job,
-    minimum_interval_seconds=interval_s(RSS_POLL_INTERVAL_VAR, RSS_POLL_INTERVAL_DEFAULT_S),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Polls the RSS/Atom feeds (conditional GET) and requests a headlines run for new items.",
-)
-@resolve_annotations
-def rss_poll_sensor(
-    context: SensorEvaluationContext,
-    postgres: PostgresResource,
-    rss: RSSResource,
+def poll_feeds(
+    context: SensorEvaluationContext, postgres: PostgresResource, rss: RSSResource
 ) -> dg.SensorResult:
+    """One tick: poll the feeds, fold the answers into the cursor, request a run for new ids."""
     settings = build_settings(postgres=postgres, rss=rss)
     feeds = settings.rss_feeds
     cursor = RSSCursor.loads(context.cursor)

@@ -22,31 +22,22 @@ themselves are left to run monitoring.
 from __future__ import annotations
 
 import dagster as dg
-import psutil
 from dagster import SensorEvaluationContext
 from dagster._core.launcher import DefaultRunLauncher
 
-from mw_dagster._compat import resolve_annotations
-from sensors.intervals import interval_s
+from mw_core.adapters.processes import pid_alive
 
-ORPHANED_RUNS_INTERVAL_VAR = "MW_ORPHANED_RUNS_INTERVAL_S"
-ORPHANED_RUNS_INTERVAL_DEFAULT_S = 60
 MAX_RUNS = 500  # STARTED runs inspected per tick
 CLOCK_SLACK_S = 2.0  # process create_time vs the RUN_START event time
 
 
 def worker_alive(pid: int, started_at: float) -> bool:
-    """Whether `pid` is still the run worker that started at `started_at` (epoch seconds)."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        created: float = proc.create_time()
-        return created <= started_at + CLOCK_SLACK_S
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True  # a process we may not inspect: not ours to declare dead
+    """Whether `pid` is still the run worker that started at `started_at` (epoch seconds).
+
+    A process created after the run started is a reuse of the pid; one we may not inspect counts
+    as alive (`mw_core.adapters.processes.pid_alive`).
+    """
+    return pid_alive(pid, created_by=started_at + CLOCK_SLACK_S)
 
 
 def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
@@ -55,14 +46,8 @@ def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     return event.pid if event is not None else None
 
 
-@dg.sensor(
-    name="orphaned_runs_sensor",
-    minimum_interval_seconds=interval_s(ORPHANED_RUNS_INTERVAL_VAR, ORPHANED_RUNS_INTERVAL_DEFAULT_S),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Fails STARTED runs whose run worker process is gone and frees their concurrency slots.",
-)
-@resolve_annotations
-def orphaned_runs_sensor(context: SensorEvaluationContext) -> dg.SkipReason:
+def fail_orphaned_runs(context: SensorEvaluationContext) -> dg.SkipReason:
+    """One tick: fail the ``STARTED`` runs whose worker is gone, free their slots."""
     instance = context.instance
     launcher = instance.run_launcher
     if not isinstance(launcher, DefaultRunLauncher) or launcher.supports_check_run_worker_health:

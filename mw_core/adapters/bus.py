@@ -6,6 +6,8 @@ Contract:
   internally; callers await `send_and_wait` or the futures of a batch before treating data as sent.
 - `ensure_topics(settings)` creates the four topics when missing (prices with
   `settings.prices_partitions` partitions) and is safe to call concurrently.
+- `with_producer(settings, fn)` runs ``fn(producer)`` with a started producer (topics ensured
+  first) and stops it afterwards, so no producer outlives a batch run's event loop.
 - Known quirks of the embedded Tansu broker: `end_offsets` is wrong and the admin client's
   `list_consumer_group_offsets` fails; use `consumer.committed()` for offsets.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -23,6 +26,8 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from mw_core.config import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -114,6 +119,17 @@ async def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[st
     return created
 
 
+async def with_producer(settings: Settings, fn: Callable[[AIOKafkaProducer], Awaitable[T]]) -> T:
+    """Run ``fn(producer)`` with a started producer (topics ensured first), then stop it."""
+    await ensure_topics(settings)
+    kafka_producer = producer(settings)
+    await kafka_producer.start()
+    try:
+        return await fn(kafka_producer)
+    finally:
+        await kafka_producer.stop()
+
+
 async def ping(settings: Settings, *, timeout: float = 5.0) -> list[str]:
     """Kafka metadata health check: return the topic list or raise."""
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(timeout * 1000))
@@ -124,4 +140,13 @@ async def ping(settings: Settings, *, timeout: float = 5.0) -> list[str]:
         await admin.close()
 
 
-__all__ = ["KafkaError", "client_options", "consumer", "ensure_topics", "ping", "producer", "topic_specs"]
+__all__ = [
+    "KafkaError",
+    "client_options",
+    "consumer",
+    "ensure_topics",
+    "ping",
+    "producer",
+    "topic_specs",
+    "with_producer",
+]

@@ -1,1 +1,1 @@
-"""Batch room: the use cases Dagster runs over stored data (anomaly partitions, news and enrichment runs)."""
+"""Batch room: the `price_anomalies` partition use case Dagster runs over stored ticks (`partition`)."""

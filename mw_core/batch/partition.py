@@ -26,9 +26,12 @@ import asyncpg
 
 from mw_core.adapters.postgres import schema
 from mw_core.adapters.postgres.anomalies import anomaly_columns, last_anomaly_ts
+from mw_core.adapters.postgres.episodes import detections_before, events_between, price_extremes
 from mw_core.adapters.postgres.pool import create_pool
+from mw_core.adapters.postgres.prices import minute_closes
 from mw_core.config import Settings
 from mw_core.markets.analysis import analyse_series
+from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.models import Anomaly
 
 T = TypeVar("T")
@@ -139,6 +142,8 @@ class PartitionRun:
     coverage: list[float]  # per symbol with ticks: covered minutes / minutes in the partition
     anomalies: list[Anomaly]
     agreement: Agreement
+    events: list[EpisodeEvent]  # the batch's episode events (open / escalate / close)
+    episode_agreement: Agreement  # stream vs batch alerts (open + escalate)
     read_s: float
     detect_s: float
     write_s: float
@@ -277,31 +282,105 @@ async def agreement(pool: asyncpg.Pool, *, start_ms: int, end_ms: int) -> Agreem
 # --- the computation -------------------------------------------------------------------------------
 
 
-def detect_partition(data: PartitionPrices, settings: Settings, seeds: dict[str, int]) -> list[Anomaly]:
-    """Run the stream's detector over every symbol of a partition (pure, no I/O).
+@dataclass(frozen=True, slots=True)
+class BatchStart:
+    """What the batch needs of the time before a partition, read the way the stream rehydrates."""
+
+    cooldowns: dict[str, int]  # last alert per symbol (`cooldown_seeds`)
+    detections: dict[str, list[Anomaly]]  # raw detections that may still hold an episode open
+    extremes: dict[str, tuple[int, int, float, float]]  # symbol -> (t0, t1, lo, hi) of stored prices
+    closes: dict[str, list[tuple[int, float]]]  # 1-minute closes (adaptive scoring only)
+
+
+def detect_partition(
+    data: PartitionPrices, settings: Settings, start: BatchStart | dict[str, int]
+) -> tuple[list[Anomaly], list[EpisodeEvent]]:
+    """Run THE analysis path (windows, detector, episodes) over every symbol of a partition (pure).
 
     Args:
         data: The partition's ticks and warm-up ticks (`load_partition`).
-        settings: Windows, thresholds and cooldown, shared with the streaming processor.
-        seeds: Each symbol's last alert before the partition (`cooldown_seeds`).
+        settings: Windows, thresholds, cooldown, scoring and episodes, shared with the stream.
+        start: The state before the partition (`load_start`); a plain dict = cooldown seeds only.
+
+    Returns:
+        The raw detections and the episode events, in time order per symbol.
     """
+    if not isinstance(start, BatchStart):
+        start = BatchStart(cooldowns=start, detections={}, extremes={}, closes={})
+    adaptive = (
+        (settings.adaptive_lookback_s, settings.adaptive_z, settings.adaptive_min_samples)
+        if settings.scoring == "adaptive"
+        else None
+    )
     found: list[Anomaly] = []
+    events: list[EpisodeEvent] = []
     for series in data.series:
         if not series.ticks:
             continue
+        policy = EpisodePolicy.from_settings(settings)
+        symbol = series.symbol
+        first_ts = series.ticks[0][0]
+        if policy.rebuild(symbol, start.detections.get(symbol, ()), before_ts=first_ts) is not None:
+            span = policy.extreme_span(symbol, first_ts)
+            ext = start.extremes.get(symbol)
+            if span is not None and ext is not None:
+                policy.widen_extreme(symbol, ext[2], ext[3])
         found.extend(
             analyse_series(
-                series.symbol,
+                symbol,
                 series.ticks,
                 windows_s=settings.windows_s,
                 threshold_for=settings.threshold_for,
                 cooldown_s=settings.cooldown_s,
                 warmup=series.warmup,
-                last_alert_ts=seeds.get(series.symbol),
+                last_alert_ts=start.cooldowns.get(symbol),
                 max_out_of_order_s=settings.max_out_of_order_s,
+                sink=policy,
+                adaptive=adaptive,
+                closes=start.closes.get(symbol, ()),
             ).anomalies
         )
-    return found
+        events.extend(policy.take())
+    return found, events
+
+
+async def load_start(pool: asyncpg.Pool, data: PartitionPrices, settings: Settings) -> BatchStart:
+    """The state before the partition: cooldowns, open-episode detections, extremes, closes."""
+    symbols = [s.symbol for s in data.series if s.ticks]
+    before = {s.symbol: s.ticks[0][0] for s in data.series if s.ticks}
+    cooldowns = await cooldown_seeds(pool, symbols, start_ms=data.start_ms, cooldown_s=settings.cooldown_s)
+    detections = await detections_before(pool, before, lookback_s=max(86_400, 4 * settings.episode_quiet_s))
+    # The span an open episode has seen is only known after the rebuild: rebuild once here.
+    spans: dict[str, tuple[int, int]] = {}
+    for symbol, dets in detections.items():
+        policy = EpisodePolicy.from_settings(settings)
+        if policy.rebuild(symbol, dets, before_ts=before[symbol]) is not None:
+            span = policy.extreme_span(symbol, before[symbol])
+            if span is not None:
+                spans[symbol] = span
+    lohi = await price_extremes(pool, spans)
+    extremes = {s: (*spans[s], lo, hi) for s, (lo, hi) in lohi.items()}
+    closes: dict[str, list[tuple[int, float]]] = {}
+    if settings.scoring == "adaptive":
+        closes = await minute_closes(
+            pool, before, lookback_s=settings.adaptive_lookback_s + max(settings.windows_s) + 60
+        )
+    return BatchStart(cooldowns=cooldowns, detections=detections, extremes=extremes, closes=closes)
+
+
+def _alert_keys(events: Sequence[EpisodeEvent]) -> set[tuple[str, int, str]]:
+    return {(e.episode_id, e.seq, e.kind) for e in events if e.kind != "close"}
+
+
+async def episode_agreement(
+    pool: asyncpg.Pool, events: Sequence[EpisodeEvent], *, start_ms: int, end_ms: int
+) -> Agreement:
+    """Stream (`alert_events`) vs batch alerts (open + escalate) in [start, end), by (episode, seq, kind)."""
+    stream = _alert_keys(await events_between(pool, start_ms=start_ms, end_ms=end_ms))
+    batch = _alert_keys([e for e in events if start_ms <= e.ts < end_ms])
+    return Agreement(
+        both=len(stream & batch), batch_only=len(batch - stream), stream_only=len(stream - batch)
+    )
 
 
 async def compute_partition(
@@ -318,14 +397,13 @@ async def compute_partition(
     """
     t0 = time.perf_counter()
     data = await load_partition(pool, start_ms=start_ms, end_ms=end_ms, warmup_s=max(settings.windows_s))
-    seeds = await cooldown_seeds(
-        pool, [s.symbol for s in data.series], start_ms=start_ms, cooldown_s=settings.cooldown_s
-    )
+    start = await load_start(pool, data, settings)
     t1 = time.perf_counter()
-    found = detect_partition(data, settings, seeds)
+    found, events = detect_partition(data, settings, start)
     t2 = time.perf_counter()
     await replace_batch_anomalies(pool, partition_key=key, start_ms=start_ms, end_ms=end_ms, anomalies=found)
     agreed = await agreement(pool, start_ms=start_ms, end_ms=end_ms)
+    episodes_agreed = await episode_agreement(pool, events, start_ms=start_ms, end_ms=end_ms)
     t3 = time.perf_counter()
     minutes = max(1, (end_ms - start_ms) // MINUTE_MS)
     partition_ticks = sum(len(s.ticks) for s in data.series)
@@ -337,6 +415,8 @@ async def compute_partition(
         coverage=[s.minutes_covered / minutes for s in data.series if s.ticks],
         anomalies=found,
         agreement=agreed,
+        events=events,
+        episode_agreement=episodes_agreed,
         read_s=t1 - t0,
         detect_s=t2 - t1,
         write_s=t3 - t2,

@@ -1,4 +1,4 @@
-"""What every `mw` command shares: the stderr console and settings-or-exit."""
+"""What every `mw` command shares: the two consoles and settings-or-exit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from rich.console import Console
 from mw_core.config import ConfigError, Settings, load_settings
 from mw_core.telemetry import configure_logging
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # messages, progress, errors
+out = Console()  # results (tables); machine-readable output goes to sys.stdout directly
 
 
 def settings_or_exit(**overrides: Any) -> Settings:

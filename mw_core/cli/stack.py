@@ -1,24 +1,22 @@
-"""`mw up / status / logs / down`: run the whole platform locally under one supervisor.
+"""`mw up / status / logs / down / init`: run the whole platform locally under one supervisor.
 
 Contract:
-- `stack_app` is a `typer.Typer` whose commands `mw_core.cli` mounts at top level.
 - `mw up` takes the lock on ``MW_STATE_DIR`` (a second `up` reports the running stack and exits 1),
   starts the `Stack` in order with health checks, shows a status table (live when stdout is a
   terminal) and stops everything in reverse order on Ctrl-C / SIGTERM / `mw down`.
   ``--detach`` runs the same supervisor in the background and returns once it is up.
 - `mw status` exits 0 when a stack runs, 1 when not; ``--json`` prints status.json with liveness.
-- `mw replay-server` (hidden) is the Binance replay server process that `up --replay` supervises;
-  it writes its URLs to ``--ready-file`` once it serves.
+- `mw logs` prints the components' logs from the state dir (``-f`` follows them).
+- `mw down` stops the stack from another process, or cleans up after a crashed one.
+- `mw init` is the compose init job: databases, topics and schema on configured servers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,13 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console, Group, RenderableType
-from rich.table import Table
+from rich.console import RenderableType
 from rich.text import Text
 
 from mw_core.cli.common import console, settings_or_exit
+from mw_core.cli.status_view import render_status
+from mw_core.cli.status_view import wide as out
 from mw_core.config import Settings
-from mw_core.local.supervisor import (
+from mw_core.local.state_files import (
     PID_FILE,
     AlreadyRunning,
     read_pid_file,
@@ -43,99 +42,15 @@ from mw_core.local.supervisor import (
 )
 
 if TYPE_CHECKING:
-    from mw_core.local.stack import FirstTickProbe, StackOptions
+    from mw_core.local.banners import FirstTickProbe
+    from mw_core.local.stack import StackOptions
     from mw_core.local.supervisor import StartupError, Supervisor
 
-stack_app = typer.Typer(help="Run the whole platform locally.", no_args_is_help=True, add_completion=False)
-
-out = Console()
-if not out.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
-    out = Console(width=160)
-log = logging.getLogger("mw_core.cli.stack")
-
-STATE_STYLE = {
-    "running": "green",
-    "done": "cyan",
-    "external": "cyan",
-    "starting": "yellow",
-    "pending": "dim",
-    "backoff": "red",
-    "failed": "bold red",
-    "stopping": "yellow",
-    "stopped": "dim",
-    "stale": "bold red",
-    "gone": "dim",
-}
+log = logging.getLogger(__name__)
 
 
 def _state_dir(settings: Settings) -> Path:
     return settings.state_dir.expanduser().absolute()
-
-
-# --- rendering -------------------------------------------------------------------------------------
-
-
-def render_status(status: dict[str, Any], *, banners: Sequence[str] = (), hint: str = "") -> RenderableType:
-    """The status table plus the addresses that matter (no passwords: status.json holds none)."""
-    meta = status.get("meta", {})
-    running = status.get("running", True)
-    title = "Market Watch" + ("" if running else " (not running)")
-    comps = status.get("components", [])
-    with_detail = any(c.get("detail") for c in comps)
-    table = Table(title=title)
-    table.add_column("component", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("address", overflow="fold", min_width=12)
-    table.add_column("PID", no_wrap=True, justify="right")
-    table.add_column("restarts", no_wrap=True, justify="right")
-    table.add_column("startup", no_wrap=True, justify="right")
-    if with_detail:
-        table.add_column("detail", overflow="fold")
-    for comp in comps:
-        state = str(comp.get("state", "?"))
-        startup = comp.get("startup_s")
-        row: list[RenderableType] = [
-            str(comp.get("component")),
-            Text(state, style=STATE_STYLE.get(state, "")),
-            str(comp.get("address") or ""),
-            str(comp.get("pid") or "-"),
-            str(comp.get("restarts", 0)),
-            f"{startup:.1f}s" if isinstance(startup, int | float) else "",
-        ]
-        if with_detail:
-            row.append(str(comp.get("detail") or ""))
-        table.add_row(*row)
-    lines: list[RenderableType] = [table]
-    info = Text()
-    if meta.get("dagster_url"):
-        info.append("Dagster UI   ", style="bold")
-        info.append(f"{meta['dagster_url']}\n", style="link " + str(meta["dagster_url"]))
-    if meta.get("database_url"):
-        info.append("database     ", style="bold")
-        info.append(f"{meta['database_url']}\n")
-    if meta.get("kafka_bootstrap"):
-        info.append("kafka        ", style="bold")
-        info.append(f"{meta['kafka_bootstrap']}\n")
-    if meta.get("startup_s") is not None:
-        info.append("started in   ", style="bold")
-        info.append(f"{meta['startup_s']:.1f}s")
-        if meta.get("first_tick_s") is not None:
-            info.append(f"; first tick durable after {meta['first_tick_s']:.1f}s")
-        info.append("\n")
-    info.append("state dir    ", style="bold")
-    info.append(f"{meta.get('state_dir') or status.get('supervisor', {}).get('state_dir', '')}")
-    lines.append(info)
-    for banner in banners:
-        ok = banner.endswith(": OK")
-        lines.append(Text(banner, style="green" if ok else "bold yellow"))
-    events = status.get("events", [])[-4:]
-    if events:
-        ev = Text("recent: ", style="dim")
-        ev.append("; ".join(f"{e['component']} {e['event']}" for e in events), style="dim")
-        lines.append(ev)
-    if hint:
-        lines.append(Text(hint, style="dim"))
-    return Group(*lines)
 
 
 def _already_running(state_dir: Path, pid: int) -> None:
@@ -151,7 +66,6 @@ def _already_running(state_dir: Path, pid: int) -> None:
 # --- up ----------------------------------------------------------------------------------------------
 
 
-@stack_app.command()
 def up(
     files: Annotated[
         list[str] | None, typer.Argument(help="More replay files (same as --replay).", show_default=False)
@@ -206,7 +120,6 @@ def up(
         speed=speed,
         host=host,
         dagster_port=dagster_port,
-        dagster_pg_url=os.environ.get("DAGSTER_PG_URL") or None,  # entry point: the only env read here
     )
     pid = running_supervisor(state_dir)
     if pid is not None:
@@ -219,8 +132,11 @@ def up(
 
 
 def _up_foreground(settings: Settings, options: StackOptions, *, live: bool) -> None:
-    from mw_core.local.stack import FirstTickProbe, Stack
-    from mw_core.local.supervisor import StackLock, Supervisor, cleanup_stale
+    from mw_core.local.banners import FirstTickProbe
+    from mw_core.local.down import cleanup_stale
+    from mw_core.local.stack import Stack
+    from mw_core.local.state_files import StackLock
+    from mw_core.local.supervisor import Supervisor
 
     state_dir = _state_dir(settings)
     try:
@@ -233,7 +149,7 @@ def _up_foreground(settings: Settings, options: StackOptions, *, live: bool) -> 
         if cleaned:
             console.print(f"[yellow]stopped leftovers of a crashed stack: {', '.join(cleaned)}[/yellow]")
         stack = Stack(settings, options)
-        probe = FirstTickProbe(stack)
+        probe = FirstTickProbe(stack.meta()["process_health"], stack.started_at)
         sup = Supervisor(stack.specs(), state_dir=state_dir, meta=stack.meta)
         sup.install_signal_handlers()
         lock.update(dagster_url=stack.dagster_url)
@@ -376,7 +292,6 @@ def _up_detached(
 # --- status / logs / down ----------------------------------------------------------------------------
 
 
-@stack_app.command()
 def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print status.json (with liveness) as JSON.")
@@ -403,7 +318,7 @@ def status(
             hint = "supervisor is gone but components still run: `mw down` cleans them up"
         banners: list[str] = []
         if running:
-            from mw_core.local.stack import source_banners
+            from mw_core.local.banners import source_banners
 
             banners = source_banners(st.get("meta", {}))
         out.print(render_status(st, banners=banners, hint=hint))
@@ -426,7 +341,6 @@ def _log_files(state_dir: Path) -> dict[str, Path]:
     return files
 
 
-@stack_app.command()
 def logs(
     component: Annotated[str | None, typer.Argument(help="Component name (default: all).")] = None,
     lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show from the end.")] = 50,
@@ -485,14 +399,13 @@ def _print_new(name: str, path: Path, pos: int, *, prefix: str) -> int:
     return pos + len(complete) + 1
 
 
-@stack_app.command()
 def down(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for an orderly stop before killing.")
     ] = 25.0,
 ) -> None:
     """Stop the stack started by `mw up` (in another terminal or with --detach)."""
-    from mw_core.local.supervisor import down as stop_stack
+    from mw_core.local.down import down as stop_stack
 
     settings = settings_or_exit(log_level="WARNING")
     state_dir = _state_dir(settings)
@@ -510,68 +423,17 @@ def down(
         console.print(f"[yellow]stopped leftover components: {', '.join(result.cleaned)}[/yellow]")
 
 
-@stack_app.command("init")
 def init_command(
     wait: Annotated[float, typer.Option(help="Seconds to wait for each server to answer.")] = 60.0,
 ) -> None:
     """Create the databases, Kafka topics and schema on configured servers, then exit (compose init job)."""
-    from mw_core.local.stack import initialize
+    from mw_core.local.provision import initialize
 
     settings = settings_or_exit()
     try:
-        lines = initialize(settings, dagster_pg_url=os.environ.get("DAGSTER_PG_URL") or None, wait_s=wait)
+        lines = initialize(settings, wait_s=wait)
     except (ValueError, RuntimeError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     for line in lines:
         console.print(line)
-
-
-# --- replay server process ---------------------------------------------------------------------------
-
-
-@stack_app.command("replay-server", hidden=True)
-def replay_server(
-    files: Annotated[list[str], typer.Argument(help="Kline CSV files or `sample`.")],
-    speed: Annotated[str, typer.Option(help="`max` or a real-time multiplier.")] = "60",
-    loop: Annotated[bool, typer.Option(help="Start over at the end.")] = False,
-    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0 = free port).")] = 0,
-    ready_file: Annotated[Path | None, typer.Option(help="Write the URLs here as JSON once serving.")] = None,
-) -> None:
-    """Serve recorded klines over the Binance websocket + REST protocol until SIGTERM."""
-    from mw_core.replay.klines import resolve_sources
-
-    settings_or_exit()
-    try:
-        paths = resolve_sources(files)
-    except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    asyncio.run(_serve_replay(paths, speed=speed, loop=loop, host=host, port=port, ready_file=ready_file))
-
-
-async def _serve_replay(
-    paths: Sequence[Path], *, speed: str, loop: bool, host: str, port: int, ready_file: Path | None
-) -> None:
-    from mw_core.replay.server import BinanceServer
-
-    server = BinanceServer.from_sources(list(paths), speed=speed, loop=loop, host=host, port=port)
-    ws_url = await server.start()
-    stop = asyncio.Event()
-    running = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        running.add_signal_handler(sig, stop.set)
-    if ready_file is not None:
-        ready = {"pid": os.getpid(), "ws_url": ws_url, "rest_url": server.rest_url, "symbols": server.symbols}
-        tmp = ready_file.with_suffix(".tmp")
-        await asyncio.to_thread(tmp.write_text, json.dumps(ready))
-        os.replace(tmp, ready_file)
-    log.info("replay server: websocket %s, REST %s, symbols %s", ws_url, server.rest_url, server.symbols)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
-        if ready_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ready_file)

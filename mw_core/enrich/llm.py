@@ -9,7 +9,8 @@ Contract:
   ``http://127.0.0.1:11434/v1`` (no key needed); ``Settings.llm_base_url`` overrides.
   `LLMClient.from_settings` returns None when the settings disable the LLM (provider ``template``
   or no key), so callers use the template without any HTTP call.
-- Retries: tenacity is the only retry layer (the openai client runs with ``max_retries=0``).
+- Retries: `mw_core.adapters.retry` is the only retry layer (the openai client runs with
+  ``max_retries=0``).
   Timeouts, connection errors, 408/409/429/5xx and malformed responses are retried up to
   `max_attempts` times with exponential backoff and full jitter; a ``Retry-After`` /
   ``retry-after-ms`` header replaces the backoff, capped at `retry_after_max_s`. When attempts run
@@ -23,19 +24,15 @@ Contract:
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import openai
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
+from mw_core.adapters.retry import parse_retry_after, retry_sync
 from mw_core.config import redact_url
 
 if TYPE_CHECKING:
@@ -107,33 +104,6 @@ class Completion:
         return self.prompt_tokens + self.completion_tokens
 
 
-def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date), else None."""
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            value = float(raw_ms) / 1000.0
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        value = (when - (now or datetime.now(tz=UTC))).total_seconds()
-        return max(value, 0.0)
-    return value if math.isfinite(value) and value >= 0 else None
-
-
 def _classify(exc: Exception) -> _Retryable | PermanentLLMError:
     """Map an openai / decoding exception to a retryable failure or a permanent error."""
     if isinstance(exc, openai.APITimeoutError):
@@ -197,13 +167,14 @@ class LLMClient:
         self.max_completion_tokens = max_completion_tokens
         self._temperature = temperature
         self._retry_after_max_s = retry_after_max_s
-        self._jitter = wait_random_exponential(multiplier=backoff_base_s, max=backoff_max_s)
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
         self._sleep = sleep
         self._client = openai.OpenAI(
             api_key=api_key or _KEYLESS_PLACEHOLDER,
             base_url=base_url,
             timeout=timeout_s,
-            max_retries=0,  # tenacity is the only retry layer
+            max_retries=0,  # `retry_sync` is the only retry layer
         )
 
     @classmethod
@@ -245,18 +216,26 @@ class LLMClient:
             PermanentLLMError: the provider refused the request (no retry).
         """
         start = time.perf_counter()
-        retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Retryable),
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
         payload = [dict(m) for m in messages]
+        attempts = 0
+
+        def attempt() -> tuple[str, tuple[int, int], str]:
+            nonlocal attempts
+            attempts += 1
+            return self._attempt(payload)
+
         failure: _Retryable | None = None
         try:
-            text, usage, served = retrying(self._attempt, payload)
+            text, usage, served = retry_sync(
+                attempt,
+                retry_on=(_Retryable,),
+                base_s=self._backoff_base_s,
+                cap_s=self._backoff_max_s,
+                max_attempts=self.max_attempts,
+                on_retry=self._log_retry,
+                retry_after=self._asked_wait,
+                sleep=self._sleep,
+            )
         except _Retryable as exc:
             failure = exc
         if failure is not None:
@@ -274,7 +253,7 @@ class LLMClient:
             completion_tokens=usage[1],
             latency_ms=latency_ms,
             model=served or self.model,
-            attempts=int(retrying.statistics.get("attempt_number", 1)),
+            attempts=attempts,
         )
 
     def _attempt(self, payload: list[dict[str, str]]) -> tuple[str, tuple[int, int], str]:
@@ -293,22 +272,16 @@ class LLMClient:
             raise failure
         return _parse_completion(response, payload)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
+    def _asked_wait(self, exc: BaseException) -> float | None:
+        """A ``Retry-After`` replaces the backoff, capped at `retry_after_max_s`."""
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             return min(exc.retry_after, self._retry_after_max_s)
-        return float(self._jitter(state))
+        return None
 
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
+    def _log_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         reason = exc.reason if isinstance(exc, _Retryable) else type(exc).__name__
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning(
-            "llm attempt %d/%d failed (%s); retrying in %.2fs",
-            state.attempt_number,
-            self.max_attempts,
-            reason,
-            wait,
+            "llm attempt %d/%d failed (%s); retrying in %.2fs", attempt, self.max_attempts, reason, delay
         )
 
 
@@ -349,5 +322,4 @@ __all__ = [
     "LLMError",
     "PermanentLLMError",
     "TransientLLMError",
-    "parse_retry_after",
 ]

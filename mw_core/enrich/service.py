@@ -13,8 +13,7 @@ Contract:
 - The returned `EnrichReport` holds the counts, token use, per-item latency and the newly stored
   rows; `publish_enrichments` sends those rows to the `alerts` topic with `codec.encode_alert`.
   Rows another run stored first are counted as cached and never returned twice.
-- `enrich_pending(settings, ...)` is the synchronous entry point for Dagster: it owns its event
-  loop, pool and (when not given) LLM client for the duration of the call.
+- The use case Dagster runs (own pool, then publish) is `mw_core.enrich.run.enrich_and_publish`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from mw_core.adapters import db
 from mw_core.config import Settings
 from mw_core.enrich import store
 from mw_core.enrich.llm import Completion, LLMClient, PermanentLLMError, TransientLLMError
@@ -320,35 +318,6 @@ async def enrich_pending_async(
     finally:
         if owned and client is not None:
             client.close()
-
-
-def enrich_pending(
-    settings: Settings,
-    *,
-    llm: LLMClient | None = None,
-    limit: int = 100,
-    database_url: str | None = None,
-    retry_templates: bool = False,
-) -> EnrichReport:
-    """Synchronous `enrich_pending_async` for Dagster assets: own event loop and pool per call.
-
-    An asyncpg pool belongs to the event loop that created it, so this entry point takes the
-    database URL (`database_url`, else `settings.database_url`) rather than a pool.
-    """
-    url = database_url or (settings.database_url.get_secret_value() if settings.database_url else None)
-    if url is None:
-        raise ValueError("no database URL: set MW_DATABASE_URL or pass database_url")
-
-    async def run() -> EnrichReport:
-        pool = await db.create_pool(url, min_size=1, max_size=2)
-        try:
-            return await enrich_pending_async(
-                pool, settings, llm=llm, limit=limit, retry_templates=retry_templates
-            )
-        finally:
-            await pool.close()
-
-    return asyncio.run(run())
 
 
 async def publish_enrichments(producer: AIOKafkaProducer, topic: str, rows: Sequence[EnrichmentRow]) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from mw_core.adapters.db import anomaly_from_row
+from mw_core.adapters.postgres.anomalies import anomaly_from_row
 from mw_core.enrich.prompt import HEADLINE_WINDOW_S, HeadlineRef
 from mw_core.models import Anomaly
 

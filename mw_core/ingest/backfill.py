@@ -12,8 +12,8 @@ Contract:
 - HTTP: ``GET {rest_url}/api/v3/klines?symbol=&interval=1m&startTime=&endTime=&limit=``, paged
   by ``limit`` up to ``max_pages`` pages (a longer gap is truncated and logged). 429 / 418 wait
   for ``Retry-After`` (giving up when Binance asks for longer than ``max_retry_after_s``); 5xx and
-  transport errors are retried with exponential full-jitter backoff (tenacity), ``max_attempts``
-  per page; other 4xx fail at once.
+  transport errors are retried with exponential full-jitter backoff (`mw_core.adapters.retry`),
+  ``max_attempts`` per page; other 4xx fail at once.
 """
 
 from __future__ import annotations
@@ -23,14 +23,8 @@ import time
 from typing import Any
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from mw_core.adapters.retry import parse_retry_after, retry_async
 from mw_core.markets.frames import parse_klines
 from mw_core.models import Tick
 
@@ -44,21 +38,12 @@ class BackfillError(RuntimeError):
 
 
 class RetryableHTTPError(Exception):
+    """A 429 / 418 / 5xx answer; `retry_after_s` is the wait Binance asked for, if any."""
+
     def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.retry_after_s = retry_after_s
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (Binance sends an integer); None when absent or unparsable."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return max(0.0, seconds)
 
 
 class Backfiller:
@@ -98,7 +83,8 @@ class Backfiller:
         self.max_attempts = max_attempts
         self.max_retry_after_s = max_retry_after_s
         self.max_price = max_price
-        self._backoff = wait_random_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
         self.requests = 0
         self.retries = 0
 
@@ -112,42 +98,33 @@ class Backfiller:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, RetryableHTTPError) and exc.retry_after_s is not None:
-            return exc.retry_after_s
-        return float(self._backoff(state))
-
-    def _before_sleep(self, state: RetryCallState) -> None:
+    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.retries += 1
-        exc = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning("backfill request failed (%s); retry %d in %.1fs", exc, state.attempt_number, wait)
+        log.warning("backfill request failed (%s); retry %d in %.1fs", exc, attempt, delay)
 
     async def _get_page(self, params: dict[str, Any]) -> Any:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((RetryableHTTPError, httpx.TransportError)),
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._request(params)
+            return await retry_async(
+                self._request,
+                params,
+                retry_on=(RetryableHTTPError, httpx.TransportError),
+                base_s=self.backoff_initial_s,
+                cap_s=self.backoff_max_s,
+                max_attempts=self.max_attempts,
+                on_retry=self._on_retry,
+                retry_after=_asked_wait,
+            )
         except (RetryableHTTPError, httpx.TransportError) as exc:
             raise BackfillError(
                 f"klines {params['symbol']}: giving up after {self.max_attempts} attempts: {exc}"
             ) from exc
-        raise BackfillError("unreachable")  # pragma: no cover - AsyncRetrying always returns or raises
 
     async def _request(self, params: dict[str, Any]) -> Any:
         self.requests += 1
         resp = await self._client.get(f"{self.rest_url}/api/v3/klines", params=params)
         status = resp.status_code
         if status in (418, 429):
-            retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+            retry_after = parse_retry_after(resp.headers)
             if retry_after is not None and retry_after > self.max_retry_after_s:
                 raise BackfillError(
                     f"klines {params['symbol']}: HTTP {status}, Retry-After {retry_after:g}s exceeds "
@@ -200,4 +177,9 @@ class Backfiller:
         return out
 
 
-__all__ = ["BackfillError", "Backfiller", "retry_after_seconds"]
+def _asked_wait(exc: BaseException) -> float | None:
+    """The ``Retry-After`` of a rate-limit answer replaces the backoff (already capped in `_request`)."""
+    return exc.retry_after_s if isinstance(exc, RetryableHTTPError) else None
+
+
+__all__ = ["BackfillError", "Backfiller"]

@@ -7,7 +7,8 @@ Contract:
   awaited, so a slow handler pushes back on the socket (and on the server through TCP).
 - Pings from the server are answered by websockets; the client also sends keepalive pings.
 - Any error (refused, DNS, TLS, protocol, abrupt close, keepalive timeout) -> reconnect with
-  exponential backoff and FULL jitter (``uniform(0, min(cap, base * 2**failures))``), capped at
+  exponential backoff and FULL jitter (``uniform(0, min(cap, base * 2**failures))``, the wait
+  `mw_core.adapters.retry.jittered_delay` gives after attempt ``failures + 1``), capped at
   ``max_backoff_s``. ``mw_ingest_consecutive_failures`` counts attempts since the last connection
   that delivered a frame (the circuit-breaker state); ``mw_ingest_reconnects_total{reason}``
   counts reconnects. An unreachable endpoint logs one WARNING line per attempt and is retried
@@ -29,7 +30,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -40,6 +40,7 @@ from prometheus_client import Counter, Gauge
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from mw_core.adapters.retry import jittered_delay
 from mw_core.markets.codec import BadMessage
 from mw_core.markets.frames import ServerShutdown, SubscriptionAck, parse_frame
 from mw_core.models import Tick
@@ -72,12 +73,6 @@ def stream_url(ws_url: str, symbols: Sequence[str]) -> str:
     """``wss://stream.binance.com:9443`` + symbols -> the combined-stream URL."""
     streams = "/".join(f"{s.lower()}@miniTicker" for s in symbols)
     return f"{ws_url.rstrip('/')}/stream?streams={streams}"
-
-
-def full_jitter(failures: int, *, base_s: float, cap_s: float) -> float:
-    """AWS-style full jitter: uniform in [0, min(cap, base * 2**failures)]."""
-    ceiling = min(cap_s, base_s * (2 ** min(failures, 30)))
-    return random.uniform(0.0, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
 def kline_closed_between(after_ms: int, before_ms: int) -> bool:
@@ -242,8 +237,10 @@ class BinanceStreamClient:
                 )
                 current = None
                 await self._sleep(
-                    full_jitter(
-                        self.stats.consecutive_failures, base_s=self.base_backoff_s, cap_s=self.max_backoff_s
+                    jittered_delay(
+                        self.stats.consecutive_failures + 1,
+                        base_s=self.base_backoff_s,
+                        cap_s=self.max_backoff_s,
                     )
                 )
         finally:
@@ -280,8 +277,10 @@ class BinanceStreamClient:
             except Exception as exc:  # every failure is retried; the reason is logged
                 reason = _describe(exc)
                 self._failed(reason)
-                delay = full_jitter(
-                    self.stats.consecutive_failures, base_s=self.base_backoff_s, cap_s=self.max_backoff_s
+                delay = jittered_delay(
+                    self.stats.consecutive_failures + 1,
+                    base_s=self.base_backoff_s,
+                    cap_s=self.max_backoff_s,
                 )
                 log.warning(
                     "Binance unreachable at %s: %s; retrying in %.1fs (%s)",
@@ -438,7 +437,6 @@ __all__ = [
     "ClientStats",
     "Deduper",
     "StreamHandler",
-    "full_jitter",
     "kline_closed_between",
     "stream_url",
 ]

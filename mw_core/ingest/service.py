@@ -41,9 +41,10 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
 
 from mw_core.adapters import bus
+from mw_core.adapters.retry import jittered_delay
 from mw_core.config import Settings
 from mw_core.ingest.backfill import Backfiller, BackfillError
-from mw_core.ingest.client import BinanceStreamClient, full_jitter
+from mw_core.ingest.client import BinanceStreamClient
 from mw_core.markets.codec import BadMessage, encode_dead_letter, encode_tick
 from mw_core.models import DeadLetter, Tick
 
@@ -252,7 +253,7 @@ class IngestService:
                     with contextlib.suppress(Exception):
                         await producer.stop()
                 failures += 1
-                delay = full_jitter(failures, base_s=0.5, cap_s=30.0)
+                delay = jittered_delay(failures + 1, base_s=0.5, cap_s=30.0)
                 log.warning(
                     "Kafka unavailable at %s: %s; retrying in %.1fs",
                     self.settings.kafka_bootstrap,
@@ -364,7 +365,7 @@ class IngestService:
                 failures += 1
                 self._stats.send_retries += len(failed)
                 SEND_RETRIES.inc(len(failed))
-                delay = full_jitter(failures, base_s=0.2, cap_s=10.0)
+                delay = jittered_delay(failures + 1, base_s=0.2, cap_s=10.0)
                 log.warning(
                     "Kafka send failed for %d records (%r); retrying in %.1fs",
                     len(failed),

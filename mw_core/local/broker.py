@@ -5,8 +5,10 @@ Contract:
   group (so signals to our process group do not hit it and we can always reap it), waits until the
   port accepts connections and returns the bootstrap string.
 - The broker is memory-only: topics and messages vanish when it stops. This is logged at start.
-- Known quirks worked around elsewhere: wrong `end_offsets`, broken admin
-  `list_consumer_group_offsets` (use `consumer.committed()`).
+- Its log (``state_dir/broker.log``) is filtered by ``log_filter`` (RUST_LOG syntax; `mw up` and
+  `ensure_infra` pass ``Settings.broker_log``, ``MW_BROKER_LOG``).
+- Known quirks (worked around in `mw_core.adapters.bus` and the processor): wrong `end_offsets`,
+  broken admin `list_consumer_group_offsets` (use `consumer.committed()`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import logging
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from mw_core.local.ports import free_port, wait_for_port
@@ -32,10 +33,13 @@ def tansu_binary() -> Path:
 class EmbeddedBroker:
     """One Tansu broker process."""
 
-    def __init__(self, state_dir: Path, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *, host: str = "127.0.0.1", port: int | None = None, log_filter: str = "warn"
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
         self.port = port or free_port(host)
+        self.log_filter = log_filter
         self.log_file = self.state_dir / "broker.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -62,7 +66,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "RUST_LOG": os.environ.get("MW_BROKER_LOG", "warn")},
+                env={**os.environ, "RUST_LOG": self.log_filter},
             )
         try:
             wait_for_port(self.host, self.port, timeout=timeout)
@@ -95,14 +99,3 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_gone(pid: int, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False

@@ -1,4 +1,8 @@
-"""Small helpers for local TCP servers."""
+"""TCP ports of local servers: pick a free one, probe one, wait for one.
+
+Contract: nothing here binds for longer than the call; `free_port` and `port_free` answer for
+"right now" only (another process may take the port afterwards, callers bind promptly).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(host: str, port: int) -> bool:
+    """True when `host:port` can be bound right now (SO_REUSEADDR: TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when `host:port` accepts a TCP connection."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True

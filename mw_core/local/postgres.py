@@ -17,12 +17,11 @@ import logging
 import os
 import platform
 import pwd
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from mw_core.local.ports import free_port, wait_for_port
+from mw_core.local.ports import free_port, port_free, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ class EmbeddedPostgres:
                 timeout=timeout,
             )
         port = self.port
-        if not _port_free(self.host, port):
+        if not port_free(self.host, port):
             log.warning("port %s is taken; choosing a new port for embedded PostgreSQL", port)
             self._port = port = free_port(self.host)
         opts = (
@@ -197,13 +196,3 @@ class EmbeddedPostgres:
             return (self.data_dir / "PG_VERSION").read_text().strip()
         except FileNotFoundError:
             return "?"
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True

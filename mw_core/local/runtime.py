@@ -4,7 +4,8 @@ Contract: `ensure_infra(settings)` returns `Infra` whose `settings` carry concre
 `database_url` / `kafka_bootstrap`. Without `MW_DATABASE_URL` the embedded PostgreSQL under
 `state_dir/pg` is started (or reused when already running) and the `marketwatch` database created;
 without `MW_KAFKA_BOOTSTRAP` a memory-only Tansu broker is started for this process. `Infra.close()`
-stops only what this call started.
+stops the broker it started, and the PostgreSQL server only with ``stop_postgres=True`` and only when
+this call started it (services leave a shared embedded server running for the next command).
 """
 
 from __future__ import annotations
@@ -18,18 +19,13 @@ from pydantic import SecretStr
 
 from mw_core.config import Settings
 from mw_core.local.broker import EmbeddedBroker
+from mw_core.local.pg_urls import with_database
 from mw_core.local.postgres import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
 APP_DATABASE = "marketwatch"
 DAGSTER_DATABASE = "dagster"
-
-
-def database_url(server_url: str, database: str) -> str:
-    base, _, query = server_url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{database}" + (f"?{query}" if query else "")
 
 
 async def create_database(server_url: str, name: str) -> bool:
@@ -63,7 +59,7 @@ class Infra:
             self.postgres.stop()
 
 
-def ensure_infra(settings: Settings, *, need_kafka: bool = True, stop_postgres: bool = False) -> Infra:
+def ensure_infra(settings: Settings, *, stop_postgres: bool = False) -> Infra:
     """Fill in missing URLs by starting embedded servers. See module docstring."""
     updates: dict[str, object] = {}
     infra = Infra(settings)
@@ -72,15 +68,15 @@ def ensure_infra(settings: Settings, *, need_kafka: bool = True, stop_postgres: 
         was_running = pg.is_running()
         server_url = pg.start()
         asyncio.run(create_database(server_url, APP_DATABASE))
-        updates["database_url"] = SecretStr(database_url(server_url, APP_DATABASE))
+        updates["database_url"] = SecretStr(with_database(server_url, APP_DATABASE))
         infra.postgres = pg
         if not was_running and stop_postgres:
             infra.started.append("postgres")
         log.info(
             "using embedded PostgreSQL %s at 127.0.0.1:%s (data in %s)", pg.version(), pg.port, pg.data_dir
         )
-    if need_kafka and settings.kafka_bootstrap is None:
-        broker = EmbeddedBroker(settings.state_dir, host="127.0.0.1")
+    if settings.kafka_bootstrap is None:
+        broker = EmbeddedBroker(settings.state_dir, host="127.0.0.1", log_filter=settings.broker_log)
         updates["kafka_bootstrap"] = broker.start()
         infra.broker = broker
         infra.started.append("broker")

@@ -7,10 +7,11 @@ Contract:
      ``MW_DATABASE_URL``, checked), then databases ``marketwatch`` and ``dagster`` created if missing;
   2. ``kafka``: the embedded memory-only broker (or ``MW_KAFKA_BOOTSTRAP``), then the topics
      (re-created after a broker restart, since the embedded broker keeps nothing);
-  3. ``schema``: `db.apply_schema`;
+  3. ``schema``: `mw_core.local.provision.apply_schema`;
   4. ``dagster-webserver`` and ``dagster-daemon``: run directly (never ``dagster dev``, which
      ignores SIGTERM when started from a non-interactive shell), ``DAGSTER_HOME=state_dir/dagster``
-     with ``dagster.yaml`` copied there, run/event/schedule storage in the ``dagster`` database;
+     with ``dagster.yaml`` copied there, run/event/schedule storage in the ``dagster`` database
+     (or ``DAGSTER_PG_URL``);
   5. ``replay`` (only with replay files): ``mw replay-server`` on 127.0.0.1, which writes its URLs to
      ``state_dir/replay.json``;
   6. ``ingest`` (``mw ingest``, pointed at the replay server when replaying) and ``process``
@@ -19,8 +20,8 @@ Contract:
 - Children get the resolved URLs through ``MW_*`` variables; status addresses never contain
   passwords. Servers without authentication (embedded PostgreSQL with trust auth, the embedded
   broker) always bind 127.0.0.1; ``host`` applies to the Dagster UI and the metrics endpoints.
-- `FirstTickProbe` measures the time from `up` to the first durable price row (the start-up
-  target: UI answering + first tick durable < 20 s warm, < 40 s on first start).
+- What the status view says about the live sources is `mw_core.local.banners`; creating
+  databases, topics and the schema is `mw_core.local.provision` (shared with `mw init`).
 """
 
 from __future__ import annotations
@@ -29,31 +30,24 @@ import asyncio
 import logging
 import shutil
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
 from pydantic import SecretStr
 
 from mw_core.config import Settings, redact_url
-from mw_core.local.ports import free_port
+from mw_core.local.banners import source_banners
+from mw_core.local.pg_urls import sqlalchemy_url, with_database
+from mw_core.local.ports import free_port, port_free, port_open
+from mw_core.local.probes import http_ok
+from mw_core.local.provision import apply_schema, describe_schema, ensure_topics
 from mw_core.local.runtime import APP_DATABASE, DAGSTER_DATABASE, create_database
-from mw_core.local.supervisor import (
-    ComponentSpec,
-    ManagedSpec,
-    Spec,
-    StepSpec,
-    http_ok,
-    http_status,
-    read_json,
-    tcp_ok,
-)
+from mw_core.local.specs import ComponentSpec, ManagedSpec, Spec, StepSpec
+from mw_core.local.state_files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +68,6 @@ run_coordinator:
 telemetry:
   enabled: false
 """
-
-
-def with_database(url: str, database: str) -> str:
-    """`url` with its database name replaced (query string kept)."""
-    base, _, query = url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{database}" + (f"?{query}" if query else "")
-
-
-def sqlalchemy_url(url: str) -> str:
-    """A libpq URL as SQLAlchemy/psycopg2 wants it (``postgresql+psycopg2://``)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix) :]
-    return url
 
 
 def connect_host(host: str) -> str:
@@ -127,18 +106,13 @@ def mw_command() -> list[str]:
 
 
 def _pick_port(host: str, preferred: int | None) -> int:
+    """`preferred`, else Dagster's usual 3000 when nothing uses it, else a free port."""
     if preferred:
         return preferred
-    if not tcp_ok(connect_host(host), DEFAULT_DAGSTER_PORT, timeout=0.2):
-        try:
-            import socket
-
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((host, DEFAULT_DAGSTER_PORT))
-            return DEFAULT_DAGSTER_PORT
-        except OSError:
-            pass
+    if not port_open(connect_host(host), DEFAULT_DAGSTER_PORT, timeout=0.2) and port_free(
+        host, DEFAULT_DAGSTER_PORT
+    ):
+        return DEFAULT_DAGSTER_PORT
     return free_port(host)
 
 
@@ -151,7 +125,6 @@ class StackOptions:
     speed: str = "60"
     host: str | None = None
     dagster_port: int | None = None
-    dagster_pg_url: str | None = None  # external Dagster storage (env DAGSTER_PG_URL)
     workspace: Path | None = None
     start_timeout_s: float = 120.0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -176,7 +149,11 @@ class Stack:
         self.app_db_url: str | None = (
             settings.database_url.get_secret_value() if settings.database_url else None
         )
-        self.dagster_pg_url: str | None = self.options.dagster_pg_url
+        # External Dagster storage when configured (DAGSTER_PG_URL), else found next to the app's.
+        self.external_dagster_pg_url: str | None = (
+            settings.dagster_pg_url.get_secret_value() if settings.dagster_pg_url else None
+        )
+        self.dagster_pg_url: str | None = self.external_dagster_pg_url
         self.kafka_bootstrap: str | None = settings.kafka_bootstrap
         self.pg: Any = None
         self.broker: Any = None
@@ -257,7 +234,7 @@ class Stack:
             self.pg = EmbeddedPostgres(self.state_dir / "pg", host=INFRA_HOST)
         server_url = self.pg.start()
         self.app_db_url = with_database(server_url, APP_DATABASE)
-        if not self.options.dagster_pg_url:
+        if not self.external_dagster_pg_url:
             self.dagster_pg_url = sqlalchemy_url(with_database(server_url, DAGSTER_DATABASE))
         return redact_url(self.app_db_url)
 
@@ -278,11 +255,11 @@ class Stack:
             log.info("created databases %s", made)
 
     def _check_external_postgres(self) -> str:
-        from mw_core.adapters import db
+        from mw_core.adapters.postgres.pool import ping
 
         if self.app_db_url is None:
             raise RuntimeError("no database URL")
-        asyncio.run(db.ping(self.app_db_url))
+        asyncio.run(ping(self.app_db_url))
         if not self.dagster_pg_url:
             try:
                 asyncio.run(create_database(with_database(self.app_db_url, "postgres"), DAGSTER_DATABASE))
@@ -296,33 +273,21 @@ class Stack:
 
         if self.broker is None:
             # The broker keeps nothing on disk; its state dir only holds its log.
-            self.broker = EmbeddedBroker(self.state_dir / "logs", host=INFRA_HOST)
+            self.broker = EmbeddedBroker(
+                self.state_dir / "logs", host=INFRA_HOST, log_filter=self.settings.broker_log
+            )
         self.kafka_bootstrap = self.broker.start()
         return str(self.kafka_bootstrap)
 
     def _ensure_topics(self) -> str:
-        from mw_core.adapters import bus
-
-        created = asyncio.run(bus.ensure_topics(self.resolved_settings()))
+        created = ensure_topics(self.resolved_settings())
         return f"created topics {created}" if created else "topics exist"
 
     def _apply_schema(self) -> str:
-        from mw_core.adapters import db
-
-        url = self.app_db_url
-        if url is None:
+        if self.app_db_url is None:
             raise RuntimeError("no database URL")
-
-        async def apply() -> Any:
-            pool = await db.create_pool(url, min_size=1, max_size=1)
-            try:
-                return await db.apply_schema(pool)
-            finally:
-                await pool.close()
-
-        self.schema_info = asyncio.run(apply())
-        info = self.schema_info
-        return f"schema v{info.version}, TimescaleDB {'on' if info.timescale else 'off'}"
+        self.schema_info = apply_schema(self.app_db_url)
+        return describe_schema(self.schema_info)
 
     def _prepare_dagster_home(self) -> None:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
@@ -374,7 +339,7 @@ class Stack:
                     start=self._start_embedded_postgres,
                     stop=lambda t: self.pg.stop(timeout=max(1.0, t)) if self.pg else None,
                     pid=lambda: self.pg.pid() if self.pg else None,
-                    health=lambda: self.pg is not None and tcp_ok(INFRA_HOST, self.pg.port),
+                    health=lambda: self.pg is not None and port_open(INFRA_HOST, self.pg.port),
                     on_ready=self._create_databases,
                     address=lambda: redact_url(self.app_db_url) if self.app_db_url else "",
                     log=self.state_dir / "pg.log",
@@ -399,7 +364,7 @@ class Stack:
                     start=self._start_embedded_broker,
                     stop=lambda t: self.broker.stop(timeout=max(0.5, t)) if self.broker else None,
                     pid=lambda: self.broker.pid if self.broker else None,
-                    health=lambda: self.broker is not None and tcp_ok(INFRA_HOST, self.broker.port),
+                    health=lambda: self.broker is not None and port_open(INFRA_HOST, self.broker.port),
                     on_ready=lambda: log.info("kafka: %s", self._ensure_topics()),
                     address=lambda: self.kafka_bootstrap or "",
                     log=self.state_dir / "logs" / "broker.log",
@@ -513,194 +478,3 @@ class Stack:
     def source_report(self) -> list[str]:
         """Best-effort one-line banners about the price source (from the ingest /healthz)."""
         return source_banners(self.meta())
-
-
-_FEED_PROBES: dict[str, tuple[float, bool]] = {}
-_FEED_PROBE_TTL_S = 60.0
-
-
-def _feed_reachable(url: str) -> bool:
-    """TCP reachability of a feed's host, cached for a minute (the status view refreshes often)."""
-    now = time.monotonic()
-    cached = _FEED_PROBES.get(url)
-    if cached is not None and now - cached[0] < _FEED_PROBE_TTL_S:
-        return cached[1]
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    ok = bool(parsed.hostname) and tcp_ok(str(parsed.hostname), port, timeout=0.5)
-    _FEED_PROBES[url] = (now, ok)
-    return ok
-
-
-def feed_banner(feeds: Sequence[str]) -> list[str]:
-    """One banner for the news feeds: reachable or not (the rss sensor retries every minute)."""
-    if not feeds:
-        return []
-    down = [f for f in feeds if not _feed_reachable(f)]
-    if not down:
-        return [f"news feeds: {len(feeds)} reachable"]
-    host = urlparse(down[0]).hostname or down[0]
-    return [
-        f"news feeds: {len(down)} of {len(feeds)} unreachable (first: {host}) - offline? headlines stay "
-        "empty; rss_poll_sensor retries every minute"
-    ]
-
-
-def source_banners(meta: dict[str, Any]) -> list[str]:
-    """Banners about the live sources from status meta (`Stack.meta`): ingest /healthz, feeds."""
-    return _price_banner(meta) + feed_banner([str(f) for f in meta.get("rss_feeds") or []])
-
-
-def _price_banner(meta: dict[str, Any]) -> list[str]:
-    url = meta.get("ingest_health")
-    source = str(meta.get("price_source") or "Binance")
-    if not url:
-        return []
-    answer = http_status(str(url), timeout=0.5)
-    if answer is None:
-        return [f"price source {source}: ingest not answering"]
-    code, body = answer
-    try:
-        health = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        health = {}
-    if not isinstance(health, dict):
-        health = {}
-    status = str(health.get("status", code))
-    if status == "ok":
-        return [f"price source {source}: OK"]
-    detail = ""
-    for key in ("degraded", "error", "detail", "reason", "last_error", "message"):
-        if health.get(key):
-            detail = f" ({health[key]})"
-            break
-    hint = "" if meta.get("replay") else " - offline? `mw up --replay sample` replays a recorded day"
-    return [f"price source {source}: {status}{detail}{hint}"]
-
-
-class FirstTickProbe:
-    """Background thread: seconds from `Stack.started_at` until the processor made a tick durable.
-
-    Reads the processor's ``/healthz``: a tick is durable once the processor stored a batch and
-    committed its offsets (it writes PostgreSQL before committing Kafka). Replaying a day that is
-    already in the database still counts, as the idempotent write is durable too.
-    """
-
-    def __init__(self, stack: Stack, *, timeout: float = 300.0) -> None:
-        self.stack = stack
-        self.timeout = timeout
-        self.seconds: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="first-tick-probe", daemon=True)
-
-    @property
-    def started(self) -> bool:
-        return self._thread.ident is not None
-
-    def start(self) -> FirstTickProbe:
-        if not self.started:
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        url = self.stack.meta()["process_health"]
-        deadline = time.monotonic() + self.timeout
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            answer = http_status(url, timeout=1.0)
-            if answer is not None and durable(answer[1]):
-                self.seconds = round((datetime.now(UTC) - self.stack.started_at).total_seconds(), 2)
-                log.info("first tick durable %.1fs after `mw up`", self.seconds)
-                return
-            self._stop.wait(0.25)
-
-
-def durable(health_body: bytes) -> bool:
-    """True when a processor `/healthz` body shows a stored and committed batch."""
-    try:
-        health = orjson.loads(health_body)
-    except orjson.JSONDecodeError:
-        return False
-    if not isinstance(health, dict):
-        return False
-    stored = health.get("stored") or 0
-    return bool(stored) and health.get("last_commit_age_s") is not None
-
-
-# --- production init job -------------------------------------------------------------------------
-
-
-def libpq_url(url: str) -> str:
-    """A SQLAlchemy URL (``postgresql+psycopg2://``) as libpq/asyncpg wants it."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme.split('+', 1)[0]}{sep}{rest}" if sep else url
-
-
-def database_name(url: str) -> str:
-    base = url.partition("?")[0]
-    return base.rpartition("/")[2]
-
-
-def initialize(settings: Settings, *, dagster_pg_url: str | None = None, wait_s: float = 60.0) -> list[str]:
-    """Create the databases, Kafka topics and schema against configured servers (the compose init job).
-
-    Waits up to `wait_s` for each server to answer (a healthy container may still be starting).
-    Returns one line per step for the job's log.
-    """
-    from mw_core.adapters import bus, db
-
-    if settings.database_url is None or settings.kafka_bootstrap is None:
-        raise ValueError(
-            "`mw init` needs MW_DATABASE_URL and MW_KAFKA_BOOTSTRAP (it never starts embedded servers)"
-        )
-    app_url = settings.database_url.get_secret_value()
-    done: list[str] = []
-    targets = [app_url]
-    if dagster_pg_url:
-        targets.append(libpq_url(dagster_pg_url))
-    for url in targets:
-        name = database_name(url)
-        created = _retry(
-            lambda url=url, name=name: asyncio.run(create_database(with_database(url, "postgres"), name)),
-            what=f"PostgreSQL at {redact_url(url)}",
-            wait_s=wait_s,
-        )
-        done.append(f"database {name}: {'created' if created else 'exists'}")
-    created_topics = _retry(
-        lambda: asyncio.run(bus.ensure_topics(settings)),
-        what=f"Kafka at {settings.kafka_bootstrap}",
-        wait_s=wait_s,
-    )
-    done.append(f"topics: created {created_topics}" if created_topics else "topics: exist")
-
-    async def apply() -> Any:
-        pool = await db.create_pool(app_url, min_size=1, max_size=1)
-        try:
-            return await db.apply_schema(pool)
-        finally:
-            await pool.close()
-
-    info = asyncio.run(apply())
-    done.append(f"schema v{info.version}, TimescaleDB {'on' if info.timescale else 'off'}")
-    return done
-
-
-def _retry(fn: Any, *, what: str, wait_s: float) -> Any:
-    deadline = time.monotonic() + wait_s
-    delay = 0.5
-    while True:
-        try:
-            return fn()
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            error: Exception = exc
-        except Exception as exc:  # asyncpg / aiokafka errors while the server is still starting
-            if "password authentication failed" in str(exc) or "permission denied" in str(exc):
-                raise
-            error = exc
-        if time.monotonic() + delay > deadline:
-            raise RuntimeError(f"{what} not reachable after {wait_s:.0f}s: {error}") from error
-        log.warning("%s not ready (%s); retrying in %.1fs", what, type(error).__name__, delay)
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)

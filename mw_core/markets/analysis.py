@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mw_core.markets.detector import AnomalyDetector
+from mw_core.markets.volatility import AdaptiveThresholds
 from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly, Tick, WindowStats
 
@@ -72,7 +73,7 @@ class Analysis:
 class Analyzer:
     """Per-symbol windows + detector (+ optional episode sink): the one analysis loop."""
 
-    __slots__ = ("_tolerance_ms", "detector", "sink", "windows", "windows_s")
+    __slots__ = ("_adaptive_cfg", "_tolerance_ms", "adaptive", "detector", "sink", "windows", "windows_s")
 
     def __init__(
         self,
@@ -82,12 +83,17 @@ class Analyzer:
         cooldown_s: int,
         max_out_of_order_s: int,
         sink: EventSink | None = None,
+        adaptive: tuple[int, float, int] | None = None,
     ) -> None:
+        """Args: ``adaptive`` = ``(lookback_s, z, min_samples)`` turns on volatility-aware
+        thresholds (`mw_core.markets.volatility`); None keeps the fixed % thresholds."""
         self.windows_s = tuple(windows_s)
         self.detector = AnomalyDetector(threshold_for=threshold_for, cooldown_s=cooldown_s)
         self.windows: dict[str, SymbolWindows] = {}
         self.sink = sink
         self._tolerance_ms = max_out_of_order_s * 1000
+        self._adaptive_cfg = adaptive
+        self.adaptive: dict[str, AdaptiveThresholds] | None = {} if adaptive is not None else None
 
     @classmethod
     def from_settings(cls, settings: Any, *, sink: EventSink | None = None) -> Analyzer:
@@ -98,26 +104,61 @@ class Analyzer:
             cooldown_s=settings.cooldown_s,
             max_out_of_order_s=settings.max_out_of_order_s,
             sink=sink,
+            adaptive=(settings.adaptive_lookback_s, settings.adaptive_z, settings.adaptive_min_samples)
+            if settings.scoring == "adaptive"
+            else None,
         )
+
+    @property
+    def adaptive_lookback_s(self) -> int:
+        """Stored history a restart needs for the volatility baseline (0 in fixed mode)."""
+        return 0 if self._adaptive_cfg is None else self._adaptive_cfg[0]
 
     # --- state ---------------------------------------------------------------------------------
     def knows(self, symbol: str) -> bool:
         return symbol in self.windows
 
     def hydrate(
-        self, symbol: str, history: Iterable[tuple[int, float]], *, last_alert_ts: int | None = None
+        self,
+        symbol: str,
+        history: Iterable[tuple[int, float]],
+        *,
+        last_alert_ts: int | None = None,
+        closes: Iterable[tuple[int, float]] = (),
+        before_ts: int | None = None,
     ) -> None:
-        """(Re)build a symbol's state from stored ticks (warm-up, not checked) and its last alert."""
+        """(Re)build a symbol's state from stored ticks (warm-up, not checked) and its last alert.
+
+        In adaptive mode, `closes` (1-minute closes before `before_ts`) rebuild the baseline;
+        without them the warm-up ticks feed it.
+        """
+        history = list(history)
         windows = SymbolWindows(self.windows_s)
         windows.load(history)
         self.windows[symbol] = windows
         if last_alert_ts is not None:
             self.detector.seed_cooldown(symbol, last_alert_ts)
+        if self.adaptive is not None:
+            base = self._new_baseline()
+            closes = list(closes)
+            if closes and before_ts is not None:
+                base.load_closes(closes, before_ts=before_ts)
+            else:
+                for ts, price in history:
+                    base.observe(ts, price)
+            self.adaptive[symbol] = base
+
+    def _new_baseline(self) -> AdaptiveThresholds:
+        assert self._adaptive_cfg is not None
+        lookback_s, z, min_samples = self._adaptive_cfg
+        return AdaptiveThresholds(self.windows_s, lookback_s=lookback_s, z=z, min_samples=min_samples)
 
     def drop(self, symbols: Iterable[str]) -> None:
         """Forget symbols (their partition moved away; rehydrated when it comes back)."""
         for symbol in symbols:
             self.windows.pop(symbol, None)
+            if self.adaptive is not None:
+                self.adaptive.pop(symbol, None)
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, ticks: Sequence[Tick], out: Analysis | None = None) -> Analysis:
@@ -136,6 +177,8 @@ class Analyzer:
         last_stats = res.last_stats
         anomalies = res.anomalies
         index = res.anomaly_index
+        adaptive = self.adaptive
+        base = None
         for i, tick in enumerate(ticks):
             symbol, ts, price = tick[0], tick[1], tick[2]
             windows = state.get(symbol)
@@ -165,7 +208,13 @@ class Analyzer:
             if symbol in sink_open:
                 sink.on_tick(symbol, ts, price)  # type: ignore[union-attr]  # sink_open is empty without a sink
             last_stats[symbol] = (ts, stats)
-            anomaly = check(symbol, ts, price, stats, windows=windows)
+            if adaptive is not None:
+                base = adaptive.get(symbol)
+                if base is None:
+                    base = adaptive[symbol] = self._new_baseline()
+            anomaly = check(symbol, ts, price, stats, windows=windows, adaptive=base)
+            if base is not None:
+                base.observe(ts, price)  # after the check: a move is judged against the past
             if anomaly is not None:
                 anomalies.append(anomaly)
                 index.append(i)
@@ -185,6 +234,8 @@ def analyse_series(
     warmup: Iterable[tuple[int, float]] = (),
     last_alert_ts: int | None = None,
     sink: EventSink | None = None,
+    adaptive: tuple[int, float, int] | None = None,
+    closes: Iterable[tuple[int, float]] = (),
 ) -> Analysis:
     """Analyse one symbol's ticks after a warm-up (the batch entry point).
 
@@ -197,6 +248,10 @@ def analyse_series(
         cooldown_s=cooldown_s,
         max_out_of_order_s=max_out_of_order_s,
         sink=sink,
+        adaptive=adaptive,
     )
-    analyzer.hydrate(symbol, warmup, last_alert_ts=last_alert_ts)
-    return analyzer.run([t if isinstance(t, Tick) else Tick(symbol, t[0], t[1]) for t in ticks])
+    items = [t if isinstance(t, Tick) else Tick(symbol, t[0], t[1]) for t in ticks]
+    analyzer.hydrate(
+        symbol, warmup, last_alert_ts=last_alert_ts, closes=closes, before_ts=items[0].ts if items else None
+    )
+    return analyzer.run(items)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from mw_core.markets.volatility import AdaptiveThresholds
 from mw_core.markets.windows import SymbolWindows
 from mw_core.models import Anomaly, WindowStats
 
@@ -86,6 +87,7 @@ class AnomalyDetector:
         stats: Sequence[WindowStats],
         *,
         windows: SymbolWindows | None = None,
+        adaptive: AdaptiveThresholds | None = None,
     ) -> Anomaly | None:
         """Decide whether the tick at `ts` is an anomaly, and record it if so.
 
@@ -95,6 +97,8 @@ class AnomalyDetector:
             price: Tick price.
             stats: The tick's window statistics (`SymbolWindows.update`'s result).
             windows: The `SymbolWindows` that produced `stats`; gives the exact reference tick.
+            adaptive: The symbol's volatility baseline in ``adaptive`` scoring mode: the threshold
+                of each window becomes ``max(fixed, z * sigma)`` (`AdaptiveThresholds.threshold`).
 
         Returns:
             The `Anomaly` of the winning window, or None (no abnormal window, or cooldown).
@@ -117,6 +121,8 @@ class AnomalyDetector:
             t = table.get(w)
             if t is None:
                 t = self.threshold(symbol, w)
+            if adaptive is not None:
+                t = adaptive.threshold(w, t)
             a = abs(ret)
             if a >= t:
                 score = a / t

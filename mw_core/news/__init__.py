@@ -9,8 +9,9 @@ Used by the Dagster ``headlines`` asset, the ``rss_poll_sensor`` and ``mw news p
     cursor = news.next_cursor(results)
 
 Layout: `sanitize`, `sentiment`, `tagging` and `parse` are pure (no I/O libraries); `fetch`
-(httpx, files) and `store` (asyncpg, Kafka producer) are the thin adapters. Importing this
-package stays pure: the adapter names below are loaded on first attribute access.
+(httpx, files) and `store` (asyncpg, Kafka producer) are the thin adapters; `run` is the
+``headlines`` asset's use case (fetch -> store -> publish). Importing this package stays pure: the
+adapter names below are loaded on first attribute access.
 """
 
 from __future__ import annotations

@@ -47,7 +47,13 @@ from mw_core.adapters.postgres.episodes import (
     unpublished_events,
 )
 from mw_core.adapters.postgres.pool import create_pool, ping
-from mw_core.adapters.postgres.prices import MetricRow, insert_metrics, insert_ticks, recent_prices
+from mw_core.adapters.postgres.prices import (
+    MetricRow,
+    insert_metrics,
+    insert_ticks,
+    minute_closes,
+    recent_prices,
+)
 from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.adapters.retry import DB_TRANSIENT, retry_async
 from mw_core.config import Settings
@@ -321,9 +327,19 @@ class Processor:
         detections = await self._with_db_retry(
             detections_before, self._pool, before, lookback_s=self._episode_lookback_s
         )
+        closes: dict[str, list[tuple[int, float]]] = {}
+        if self.analyzer.adaptive_lookback_s:
+            lookback = self.analyzer.adaptive_lookback_s + self._max_window_s + 60
+            closes = await self._with_db_retry(minute_closes, self._pool, before, lookback_s=lookback)
         spans: dict[str, tuple[int, int]] = {}
         for symbol, (first_ts, partition) in cold.items():
-            self.analyzer.hydrate(symbol, history.get(symbol, ()), last_alert_ts=cooldowns.get(symbol))
+            self.analyzer.hydrate(
+                symbol,
+                history.get(symbol, ()),
+                last_alert_ts=cooldowns.get(symbol),
+                closes=closes.get(symbol, ()),
+                before_ts=first_ts,
+            )
             self.partition_of[symbol] = partition
             if self.episodes.rebuild(symbol, detections.get(symbol, ()), before_ts=first_ts) is not None:
                 span = self.episodes.extreme_span(symbol, first_ts)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mw_core.adapters import db
+from mw_core.adapters.postgres.pool import create_pool
 from mw_core.config import Settings
 from mw_core.ingest.service import IngestService
 from mw_core.local.runtime import ensure_infra
@@ -110,7 +110,7 @@ async def _replay(
         await server.stop()
 
     assert settings.database_url is not None
-    pool = await db.create_pool(settings.database_url.get_secret_value())
+    pool = await create_pool(settings.database_url.get_secret_value())
     try:
         rows = await pool.fetch(
             """

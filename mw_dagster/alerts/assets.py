@@ -1,4 +1,8 @@
-"""Alerts assets: `alert_enrichments`, LLM summaries of the stream's anomalies."""
+"""Alerts assets: `alert_enrichments`, LLM summaries of the stream's anomalies.
+
+It reads what it depends on in the graph: the stream's `anomalies` table (markets) and the
+`headlines` around each anomaly (news); both are referenced by key, not imported.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,8 @@ import asyncio
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mw_core.batch.pipelines import enrich_and_publish
+from mw_core.enrich.run import enrich_and_publish
 from mw_dagster._compat import resolve_annotations
-from mw_dagster.assets.markets import price_anomalies
-from mw_dagster.assets.news import headlines
 from mw_dagster.formatting import iso_ms, md_table
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, build_settings
 
@@ -26,7 +28,7 @@ PREVIEW = 15
 
 @dg.asset(
     group_name="alerts",
-    deps=[price_anomalies, headlines],
+    deps=["anomalies", "headlines"],
     kinds={"openai", "postgres", "kafka"},
     retry_policy=ENRICH_RETRY,
     pool="llm",

@@ -1,4 +1,4 @@
-"""Infra assets: the database schema and the (externally reported) service health."""
+"""Infra assets: `db_schema` (the PostgreSQL schema) and `service_health` (reported from outside runs)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import time
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mw_core.adapters import db
+from mw_core.adapters.postgres.schema import SCHEMA_VERSION
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.formatting import md_table
 from mw_dagster.resources import PostgresResource
 
 
-@dg.asset(group_name="infra", kinds={"postgres"}, code_version=str(db.SCHEMA_VERSION))
+@dg.asset(group_name="infra", kinds={"postgres"}, code_version=str(SCHEMA_VERSION))
 @resolve_annotations
 def db_schema(context: AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult[None]:
     """The Market Watch PostgreSQL schema (tables, indexes, TimescaleDB policies when available).
 
-    Applies the versioned migrations of `mw_core.adapters.db` idempotently (advisory-locked, so it is safe
+    Applies the versioned migrations of `mw_core.adapters.postgres.schema` idempotently (advisory-locked, so it is safe
     next to a running processor) and records the schema version, whether TimescaleDB is on, and
     every table's row count.
     """
@@ -47,21 +47,10 @@ service_health = dg.AssetSpec(
     "service_health",
     group_name="infra",
     description=(
-        "Health of the long-lived services (ingest, processor): observations reported from outside "
-        "runs by `mw_dagster.health.report_service_health` and the `service_health_sensor` (prices "
-        "flowing, newest tick age, anomalies in the last hour). Not materialized by Dagster."
+        "Health of the price flow (ingest -> Kafka -> processor -> `prices`): observed every minute by "
+        "`service_health_sensor` (ticks in the last minute, newest tick age, anomalies in the last "
+        "hour). Any process can add its own report through "
+        "`mw_dagster.infra.health.report_service_health`. Not materialized by Dagster."
     ),
     kinds={"service"},
-)
-
-prices = dg.AssetSpec(
-    "prices",
-    group_name="markets",
-    deps=[db_schema],
-    description=(
-        "Ticks of every watched symbol, written continuously by the streaming processor "
-        "(Binance -> Kafka -> processor -> PostgreSQL `prices`). External to Dagster: its checks "
-        "watch coverage, staleness and re-sent frames."
-    ),
-    kinds={"postgres", "kafka"},
 )

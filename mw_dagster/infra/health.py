@@ -8,8 +8,9 @@ Contract:
 - The URL path needs only httpx, so a service process does not need a Dagster instance; dagster
   itself is imported lazily (and only for the instance path).
 - Metadata values are plain JSON scalars. ``service`` is both a metadata entry and a tag, so the
-  observations of every service (processor, ingest, the sensor's own view of PostgreSQL) sit side by
-  side in the one asset's history.
+  reports of several services (today `service_health_sensor`'s view of ``prices`` in PostgreSQL)
+  sit side by side in the one asset's history.
+- `flow_metrics` turns the PostgreSQL view of the price flow into a status and metrics.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import httpx
 if TYPE_CHECKING:
     from dagster import AssetObservation, DagsterInstance
 
-    from mw_core.adapters.quality import PriceFlow
+    from mw_core.adapters.postgres.quality import PriceFlow
 
 ASSET_KEY = "service_health"
 Status = Literal["ok", "degraded", "down"]

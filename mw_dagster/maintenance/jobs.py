@@ -1,4 +1,9 @@
-"""Jobs: asset jobs for the scheduled / sensor-driven materializations, and the maintenance job."""
+"""Maintenance jobs: `maintenance_job` (Dagster's own history) and `quality_checks_job` (hourly checks).
+
+Neither materializes anything: one purges old ticks and runs, the other runs the data-quality
+checks of the assets Dagster does not materialize on a schedule (`prices`, written by the stream,
+and `headlines` between polls). The checks themselves live with their assets' domains.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +14,7 @@ import dagster as dg
 from dagster import OpExecutionContext
 
 from mw_dagster._compat import resolve_annotations
-from mw_dagster.partitions import price_anomalies_partitions
 
-price_anomalies_job = dg.define_asset_job(
-    "price_anomalies_job",
-    selection=dg.AssetSelection.keys("price_anomalies"),
-    partitions_def=price_anomalies_partitions,
-    description="Recompute one day of anomalies in batch (plus its checks).",
-)
-
-headlines_job = dg.define_asset_job(
-    "headlines_job",
-    selection=dg.AssetSelection.keys("headlines"),
-    description="Fetch the feeds and store / publish new headlines (requested by rss_poll_sensor).",
-)
-
-alert_enrichments_job = dg.define_asset_job(
-    "alert_enrichments_job",
-    selection=dg.AssetSelection.keys("alert_enrichments"),
-    description="Enrich new anomalies with an LLM summary (requested by new_anomalies_sensor).",
-)
-
-# Checks of assets Dagster does not materialize (`prices` is written by the stream) and of headlines
-# between polls: run on their own schedule.
 quality_checks_job = dg.define_asset_job(
     "quality_checks_job",
     selection=dg.AssetSelection.checks_for_assets("prices", "headlines"),

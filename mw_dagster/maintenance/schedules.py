@@ -1,35 +1,31 @@
-"""Schedules: the latest `price_anomalies` day, and the daily maintenance."""
+"""Maintenance schedules: daily purge of Dagster's history, hourly data-quality checks."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from mw_dagster.jobs import maintenance_job, price_anomalies_job, quality_checks_job
+from mw_dagster.maintenance.jobs import maintenance_job, quality_checks_job
 
-# Daily partitions: at 00:15 UTC the day that just ended becomes the latest partition; the 15 minutes
-# let the stream and the REST backfill land the day's last ticks first.
-price_anomalies_schedule = dg.build_schedule_from_partitioned_job(
-    price_anomalies_job,
-    name="price_anomalies_schedule",
-    hour_of_day=0,
-    minute_of_hour=15,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+
+def _utc_schedule(
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition, *, cron: str, description: str
+) -> dg.ScheduleDefinition:
+    """`<job name without _job>_schedule`: `job` on `cron` (UTC), running from the start."""
+    return dg.ScheduleDefinition(
+        name=job.name.removesuffix("_job") + "_schedule",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=description,
+    )
+
+
+maintenance_schedule = _utc_schedule(
+    maintenance_job, cron="30 3 * * *", description="Purge old ticks and runs daily at 03:30 UTC."
 )
-
-maintenance_schedule = dg.ScheduleDefinition(
-    name="maintenance_schedule",
-    job=maintenance_job,
-    cron_schedule="30 3 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Purge old ticks and runs daily at 03:30 UTC.",
-)
-
-quality_checks_schedule = dg.ScheduleDefinition(
-    name="quality_checks_schedule",
-    job=quality_checks_job,
-    cron_schedule="5 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+quality_checks_schedule = _utc_schedule(
+    quality_checks_job,
+    cron="5 * * * *",
     description="Hourly data-quality checks of prices (coverage, staleness, repeats) and headlines.",
 )

@@ -1,4 +1,9 @@
-"""Markets assets: `price_anomalies`, the batch re-computation of the stream's anomaly detection."""
+"""Markets assets: the stream's tables `prices` and `anomalies`, and their batch reconciliation.
+
+`prices` and `anomalies` are external assets: the streaming processor (`mw_core.processor`) writes
+them continuously, outside Dagster. `price_anomalies` recomputes one day of `anomalies` in batch
+from `prices` (into `batch_anomalies`) and measures the agreement of the two.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,42 @@ from dagster import AssetExecutionContext
 
 from mw_core.batch.partition import Agreement, PartitionRun
 from mw_dagster._compat import resolve_annotations
-from mw_dagster.assets.infra import prices
 from mw_dagster.formatting import iso_ms, md_table
-from mw_dagster.partitions import partition_bounds_ms, price_anomalies_partitions
+from mw_dagster.markets.partitions import partition_bounds_ms, price_anomalies_partitions
 from mw_dagster.resources import PostgresResource, build_settings
 
 PREVIEW_ROWS = 25
+
+prices = dg.AssetSpec(
+    "prices",
+    group_name="markets",
+    deps=["db_schema"],
+    description=(
+        "Ticks of every watched symbol, written continuously by the streaming processor "
+        "(Binance -> Kafka -> processor -> PostgreSQL `prices`). External to Dagster: its checks "
+        "watch coverage, staleness and re-sent frames."
+    ),
+    kinds={"postgres", "kafka"},
+)
+
+anomalies = dg.AssetSpec(
+    "anomalies",
+    group_name="markets",
+    deps=[prices],
+    description=(
+        "Anomalies the streaming processor detects as the ticks arrive (window returns over their "
+        "thresholds, one per symbol per cooldown), stored in PostgreSQL `anomalies` and published to "
+        "the alerts topic. On start-up the processor rehydrates its windows from `prices`. External "
+        "to Dagster: `new_anomalies_sensor` watches it, `price_anomalies` reconciles it in batch."
+    ),
+    kinds={"postgres", "kafka"},
+)
 
 
 @dg.asset(
     group_name="markets",
     partitions_def=price_anomalies_partitions,
-    deps=[prices],
+    deps=[prices, anomalies],
     kinds={"postgres", "python"},
     code_version="1",
 )
@@ -29,10 +58,10 @@ def price_anomalies(context: AssetExecutionContext, postgres: PostgresResource) 
     """Anomalies of one UTC day recomputed in batch from `prices` into `batch_anomalies`.
 
     Reads the day's ticks plus the longest window before it (warm-up) in one set-based query, runs
-    the detector the streaming processor uses (`mw_core.markets.detector.detect_series`, same windows,
-    thresholds and cooldown from `Settings`, cooldown seeded from the alerts before the day) and
-    replaces the day's rows atomically, so re-runs and backfills are idempotent. The metadata
-    compares the result with the stream's `anomalies` table for the same day.
+    the analysis path the streaming processor runs (`mw_core.markets.analysis`: same admission,
+    windows, thresholds and cooldown from `Settings`, cooldown seeded from the alerts before the
+    day) and replaces the day's rows atomically, so re-runs and backfills are idempotent. The
+    metadata compares the result with the stream's `anomalies` table for the same day.
     """
     settings = build_settings(postgres=postgres)
     pdef = price_anomalies_partitions

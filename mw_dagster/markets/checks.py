@@ -1,9 +1,9 @@
-"""Asset checks: data quality of `prices`, `headlines` and `price_anomalies`.
+"""Markets asset checks: data quality of `prices`, and stream/batch agreement of `price_anomalies`.
 
-Contract: each check is one SQL question to PostgreSQL (`mw_core.adapters.quality`), returns an `AssetCheckResult`
-with the numbers behind the verdict as metadata, and targets its asset by key, so this module
-depends on no asset module. Freshness-type checks WARN (the stream or a feed can pause); the
-stream/batch disagreement is an ERROR because it means the two detectors diverged.
+Contract: each check is one SQL question to PostgreSQL (through `PostgresResource`), returns an
+`AssetCheckResult` with the numbers behind the verdict as metadata, and targets its asset by key.
+Checks of `prices` WARN (the stream can pause); the stream/batch disagreement is an ERROR because
+it means the two detection paths diverged.
 """
 
 from __future__ import annotations
@@ -15,20 +15,16 @@ from dagster import AssetCheckExecutionContext
 
 from mw_dagster._compat import resolve_annotations
 from mw_dagster.formatting import iso_ms, md_table
-from mw_dagster.partitions import partition_bounds_ms, price_anomalies_partitions
+from mw_dagster.markets.partitions import partition_bounds_ms, price_anomalies_partitions
 from mw_dagster.resources import PostgresResource, build_settings
 
 PRICES = dg.AssetKey("prices")
-HEADLINES = dg.AssetKey("headlines")
 PRICE_ANOMALIES = dg.AssetKey("price_anomalies")
 
 LOOKBACK_S = 3600  # "the last hour"
 MIN_MINUTE_COVERAGE = 0.9  # share of the last hour's minutes with at least one tick, per symbol
 MAX_STALENESS_S = 120  # newest tick of every symbol at most this old
 MAX_REPEAT_RATE = 0.05  # re-sent identical frames among the last hour's ticks
-HEADLINES_MAX_AGE_S = 6 * 3600  # newest headline (published, else fetched) at most this old
-HEADLINES_DUP_LOOKBACK_S = 24 * 3600
-MAX_HEADLINE_DUP_RATE = 0.2
 MIN_AGREEMENT = 0.9
 TABLE_ROWS = 50  # per-symbol tables show the worst symbols only (500 symbols would drown the UI)
 
@@ -111,44 +107,6 @@ def prices_duplicate_rate(postgres: PostgresResource) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=HEADLINES, description="The newest headline is at most 6 hours old.")
-def headlines_freshness(postgres: PostgresResource) -> dg.AssetCheckResult:
-    now = _now_ms()
-    stats = postgres.headline_stats(now_ms=now, lookback_s=HEADLINES_DUP_LOOKBACK_S)
-    newest = stats.newest_published or stats.newest_fetched
-    age = None if newest is None else (now - newest) / 1000
-    return dg.AssetCheckResult(
-        passed=age is not None and age <= HEADLINES_MAX_AGE_S,
-        severity=dg.AssetCheckSeverity.WARN,
-        description="no headlines yet" if age is None else f"newest headline is {age / 3600:.1f} h old",
-        metadata={
-            "headlines": stats.total,
-            "newest_published": iso_ms(stats.newest_published),
-            "newest_fetched": iso_ms(stats.newest_fetched),
-            "age_s": -1.0 if age is None else round(age, 1),
-        },
-    )
-
-
-@dg.asset_check(
-    asset=HEADLINES,
-    description="Share of the last day's headlines whose normalized title another row already has.",
-)
-def headlines_duplicate_rate(postgres: PostgresResource) -> dg.AssetCheckResult:
-    stats = postgres.headline_stats(now_ms=_now_ms(), lookback_s=HEADLINES_DUP_LOOKBACK_S)
-    rate = stats.duplicate_rate
-    return dg.AssetCheckResult(
-        passed=rate <= MAX_HEADLINE_DUP_RATE,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{rate:.1%} duplicate titles among {stats.window_rows} headlines fetched in 24 h",
-        metadata={
-            "rows": stats.window_rows,
-            "distinct_titles": stats.window_distinct_titles,
-            "rate": round(rate, 4),
-        },
-    )
-
-
 @dg.asset_check(
     asset=PRICE_ANOMALIES,
     description=(
@@ -202,11 +160,4 @@ def price_anomalies_agreement(
     )
 
 
-ALL_CHECKS = [
-    prices_coverage,
-    prices_staleness,
-    prices_duplicate_rate,
-    headlines_freshness,
-    headlines_duplicate_rate,
-    price_anomalies_agreement,
-]
+CHECKS = [prices_coverage, prices_staleness, prices_duplicate_rate, price_anomalies_agreement]

@@ -1,4 +1,4 @@
-"""Partitions of the Market Watch assets.
+"""Partitions of the markets domain.
 
 `price_anomalies_partitions` is daily (UTC): one partition = one calendar day of ticks, which is
 the unit of Binance's kline dumps and of the backfills we run. A partition only exists once its

@@ -7,9 +7,8 @@ import asyncio
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mw_core.batch.pipelines import ingest_headlines
+from mw_core.news.run import ingest_headlines
 from mw_dagster._compat import resolve_annotations
-from mw_dagster.assets.infra import db_schema
 from mw_dagster.formatting import md_table
 from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource, build_settings
 
@@ -25,7 +24,9 @@ class AllFeedsFailed(RuntimeError):
     """No configured feed could be read: probably our network, worth a retry."""
 
 
-@dg.asset(group_name="news", deps=[db_schema], kinds={"rss", "postgres", "kafka"}, retry_policy=NETWORK_RETRY)
+@dg.asset(
+    group_name="news", deps=["db_schema"], kinds={"rss", "postgres", "kafka"}, retry_policy=NETWORK_RETRY
+)
 @resolve_annotations
 def headlines(
     context: AssetExecutionContext,

@@ -30,7 +30,9 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mw_core.adapters import bus, db
+from mw_core.adapters import bus
+from mw_core.adapters.postgres.pool import create_pool
+from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.config import Settings
 from mw_core.local.ports import free_port
 from mw_core.markets import codec
@@ -274,9 +276,9 @@ async def fetchval(url: str, sql: str, *args: object) -> Any:
 
 async def ensure_schema(url: str) -> None:
     """Create the schema up front, so the test can poll tables before the processor first starts."""
-    pool = await db.create_pool(url, min_size=1, max_size=1)
+    pool = await create_pool(url, min_size=1, max_size=1)
     try:
-        await db.apply_schema(pool)
+        await apply_schema(pool)
     finally:
         await pool.close()
 

@@ -26,7 +26,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,19 +35,17 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import InstigatorType
 
-from mw_core.adapters import db
+from mw_core.adapters.postgres.prices import write_batch
 from mw_core.batch import partition as batch
 from mw_core.models import Anomaly
 from tests.dagster.helpers import (
     BIN,
     ROOT,
-    create_database,
     dagster_env,
-    drop_database,
+    fresh_database,
     make_dagster_home,
     rss,
     stop_group,
-    with_database,
 )
 from tests.fakes.feeds import Feed, FeedServer
 
@@ -154,12 +151,8 @@ def _anomalies(first: int, n: int) -> list[Anomaly]:
 @pytest.fixture
 def dagster_db(pg_server_url: str) -> Iterator[str]:
     """A fresh database for Dagster's own storage; yields its (asyncpg-style) URL."""
-    name = f"dagster_{uuid.uuid4().hex[:10]}"
-    asyncio.run(create_database(pg_server_url, name))
-    try:
-        yield with_database(pg_server_url, name)
-    finally:
-        asyncio.run(drop_database(pg_server_url, name))
+    with fresh_database(pg_server_url) as url:
+        yield url
 
 
 def test_daemon_sigkill_mid_way_resumes_without_duplicates(
@@ -171,7 +164,7 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
 ) -> None:
     started = time.monotonic()
     batch.run_with_pool(db_url, batch.apply_schema)
-    batch.run_with_pool(db_url, lambda pool: db.write_batch(pool, [], [], _anomalies(0, 3)))
+    batch.run_with_pool(db_url, lambda pool: write_batch(pool, [], [], _anomalies(0, 3)))
 
     home = make_dagster_home(tmp_path / "dagster_home")
     with FeedServer() as server:
@@ -217,7 +210,7 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
 
             # --- while the daemon is down: more news, more anomalies.
             server.set_body("/chaos.xml", rss(*LATER_NEWS, *FIRST_NEWS))
-            batch.run_with_pool(db_url, lambda pool: db.write_batch(pool, [], [], _anomalies(10, 2)))
+            batch.run_with_pool(db_url, lambda pool: write_batch(pool, [], [], _anomalies(10, 2)))
 
             # --- phase 2: restart on the same DAGSTER_HOME; everything arrives exactly once.
             daemon.start()

@@ -17,8 +17,9 @@ import pytest
 
 from mw_core.adapters import bus
 from mw_core.config import Settings
+from mw_core.local.pg_urls import with_database
 from mw_core.local.postgres import EmbeddedPostgres
-from mw_core.local.runtime import create_database, database_url
+from mw_core.local.runtime import create_database
 from mw_core.markets import codec
 from mw_core.models import Tick
 from tests.chaos.support import (
@@ -75,7 +76,7 @@ async def test_postgres_outage_degrades_commits_nothing_and_drains_after(
     server = await asyncio.to_thread(pg.start)
     try:
         await create_database(server, "chaos")
-        url = database_url(server, "chaos")
+        url = with_database(server, "chaos")
         settings = make_settings(database_url=url, prices_partitions=3)
         await ensure_schema(url)
         ticks: list[Tick] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import os
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from mw_core.adapters import db
+from mw_core.adapters.postgres.prices import write_batch
 from mw_core.config import Settings
+from mw_core.local.pg_urls import sqlalchemy_url, with_database
+from mw_core.local.runtime import create_database
 from mw_core.models import Tick
 from mw_dagster.resources import PostgresResource
 
@@ -48,7 +51,7 @@ def kline_ticks(symbol: str, day: str = "2024-08-05") -> list[Tick]:
 
 
 def insert_ticks(postgres: PostgresResource, ticks: Sequence[Tick]) -> None:
-    postgres.run(lambda pool: db.write_batch(pool, ticks))
+    postgres.run(lambda pool: write_batch(pool, ticks))
 
 
 def rss(*items: tuple[str, str]) -> bytes:
@@ -64,22 +67,18 @@ def rss(*items: tuple[str, str]) -> bytes:
 # --- real Dagster processes (daemon / webserver) on a fresh Dagster database ----------------------
 
 
-def with_database(url: str, name: str) -> str:
-    """`url` with its database name replaced by `name` (query string kept)."""
-    base, _, query = url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
-async def create_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database for Dagster's own storage; yields its (asyncpg-style) URL, then drops it."""
+    name = f"dagster_{uuid.uuid4().hex[:10]}"
+    asyncio.run(create_database(server_url, name))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(server_url, name)
     finally:
-        await conn.close()
+        asyncio.run(_drop_database(server_url, name))
 
 
-async def drop_database(server_url: str, name: str) -> None:
+async def _drop_database(server_url: str, name: str) -> None:
     conn = await asyncpg.connect(server_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -96,15 +95,11 @@ def dagster_env(home: Path, dagster_pg_url: str, **mw: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MW_", "DAGSTER_"))}
     env.update(
         DAGSTER_HOME=str(home),
-        DAGSTER_PG_URL=psycopg2_url(dagster_pg_url),
+        DAGSTER_PG_URL=sqlalchemy_url(dagster_pg_url),
         PYTHONUNBUFFERED="1",
         **mw,
     )
     return env
-
-
-def psycopg2_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 def make_dagster_home(path: Path) -> Path:

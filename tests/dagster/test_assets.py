@@ -10,23 +10,24 @@ import asyncpg
 import dagster as dg
 import pytest
 
-from mw_core.adapters import bus, db
+from mw_core.adapters import bus
+from mw_core.adapters.postgres.prices import write_batch
+from mw_core.adapters.postgres.schema import SCHEMA_VERSION
 from mw_core.config import Settings
 from mw_core.markets import codec
 from mw_core.models import Anomaly, Tick
 from mw_core.processor.service import Processor
-from mw_dagster.assets.alerts import alert_enrichments
-from mw_dagster.assets.infra import db_schema, prices
-from mw_dagster.assets.markets import price_anomalies
-from mw_dagster.assets.news import AllFeedsFailed, headlines
-from mw_dagster.checks import (
-    headlines_duplicate_rate,
-    headlines_freshness,
+from mw_dagster.alerts.assets import alert_enrichments
+from mw_dagster.infra.assets import db_schema
+from mw_dagster.markets.assets import price_anomalies, prices
+from mw_dagster.markets.checks import (
     price_anomalies_agreement,
     prices_coverage,
     prices_duplicate_rate,
     prices_staleness,
 )
+from mw_dagster.news.assets import AllFeedsFailed, headlines
+from mw_dagster.news.checks import headlines_duplicate_rate, headlines_freshness
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, RSSResource
 from tests.dagster.helpers import consume_topic, insert_ticks, kline_ticks, rss
 from tests.fakes.feeds import Feed, FeedServer, Status
@@ -77,7 +78,7 @@ async def _stream(settings: Settings, ticks: list[Tick]) -> None:
 def test_db_schema_reports_version_timescale_and_counts(db_url: str) -> None:
     result = dg.materialize([db_schema], resources={"postgres": PostgresResource(database_url=db_url)})
     meta = _meta(result, "db_schema")
-    assert meta["schema_version"] == db.SCHEMA_VERSION
+    assert meta["schema_version"] == SCHEMA_VERSION
     assert meta["timescale"] in (True, False)
     assert meta["migrations_applied_now"] == [1]
     assert meta["rows_prices"] == 0 and meta["rows_batch_anomalies"] == 0
@@ -140,7 +141,7 @@ def test_backfill_without_stream_is_idempotent_and_uses_warmup(
     # A stream anomaly the batch also finds (and one it does not) to exercise the agreement counts.
     stream_hit = Anomaly("BTCUSDT", 1722820259999, 60, -0.033, "down", 56000.0, 0.02)
     stream_miss = Anomaly("BTCUSDT", 1722830000000, 60, 0.03, "up", 57000.0, 0.02)
-    postgres.run(lambda pool: db.write_batch(pool, [], [], [stream_hit, stream_miss]))
+    postgres.run(lambda pool: write_batch(pool, [], [], [stream_hit, stream_miss]))
 
     first = dg.materialize([price_anomalies], resources={"postgres": postgres}, partition_key=CRASH_DAY)
     second = dg.materialize([price_anomalies], resources={"postgres": postgres}, partition_key=CRASH_DAY)
@@ -309,7 +310,7 @@ def test_alert_enrichments_llm_caps_template_and_publish(
     anomalies = [
         Anomaly(sym, base + i * 60_000, 60, -0.04, "down", 100.0, 0.02) for i, sym in enumerate(CRASH_SYMBOLS)
     ]
-    postgres.run(lambda pool: db.write_batch(pool, [], [], anomalies))
+    postgres.run(lambda pool: write_batch(pool, [], [], anomalies))
     with FakeLLMServer(api_key="sk-test") as llm_server:
         resources = {
             "postgres": postgres,

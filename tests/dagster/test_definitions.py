@@ -8,9 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from mw_core.config import MIN_SENSOR_INTERVAL_S, ConfigError, load_settings
 from mw_dagster.definitions import build_resources, defs
-from mw_dagster.resources import PostgresResource, build_settings
-from sensors.intervals import MIN_INTERVAL_S, interval_s
+from mw_dagster.resources import LLMResource, PostgresResource, build_settings
+from sensors import build_sensors
 
 pytestmark = pytest.mark.unit
 
@@ -21,6 +22,13 @@ def test_definitions_validate_loadable() -> None:
     dg.Definitions.validate_loadable(defs)
 
 
+def test_the_code_location_module_holds_one_definitions() -> None:
+    """Dagster refuses a code location module with several module-level Definitions."""
+    import mw_dagster.definitions as location
+
+    assert [name for name, value in vars(location).items() if isinstance(value, dg.Definitions)] == ["defs"]
+
+
 def test_assets_groups_and_lineage() -> None:
     graph = defs.resolve_asset_graph()
     groups = {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys()}
@@ -28,12 +36,22 @@ def test_assets_groups_and_lineage() -> None:
         "db_schema": "infra",
         "service_health": "infra",
         "prices": "markets",
+        "anomalies": "markets",
         "price_anomalies": "markets",
         "headlines": "news",
         "alert_enrichments": "alerts",
     }
-    parents = {p.to_user_string() for p in graph.get(dg.AssetKey("alert_enrichments")).parent_keys}
-    assert parents == {"price_anomalies", "headlines"}
+
+    def parents(key: str) -> set[str]:
+        return {p.to_user_string() for p in graph.get(dg.AssetKey(key)).parent_keys}
+
+    # Honest lineage: each asset depends on the tables it reads. The stream writes `anomalies` (from
+    # the ticks it also stores in `prices`); the batch `price_anomalies` recomputes them from
+    # `prices` and compares with `anomalies`; enrichment reads `anomalies` and `headlines`.
+    assert parents("anomalies") == {"prices"}
+    assert parents("price_anomalies") == {"prices", "anomalies"}
+    assert parents("alert_enrichments") == {"anomalies", "headlines"}
+    assert not graph.get(dg.AssetKey("anomalies")).is_materializable  # written by the stream
     anomalies = graph.get(dg.AssetKey("price_anomalies"))
     assert anomalies.partitions_def is not None
     assert anomalies.partitions_def.get_partition_keys_in_range(
@@ -82,7 +100,8 @@ def test_checks_jobs_schedules_sensors() -> None:
 
 
 def test_secrets_come_from_env_vars() -> None:
-    resources = build_resources({"MW_DATABASE_URL": "postgresql://x@h/d", "MW_LLM_API_KEY": "sk-test"})
+    env = {"MW_DATABASE_URL": "postgresql://x@h/d", "MW_LLM_API_KEY": "sk-test"}
+    resources = build_resources(load_settings(llm_api_key="sk-test"), env)
     snapshot = {name: r._get_non_default_public_field_values() for name, r in resources.items()}  # type: ignore[attr-defined]
     assert isinstance(snapshot["postgres"]["database_url"], dg.EnvVar)
     assert isinstance(snapshot["llm"]["api_key"], dg.EnvVar)
@@ -91,7 +110,7 @@ def test_secrets_come_from_env_vars() -> None:
 
 
 def test_dagster_code_has_no_event_loop_tricks() -> None:
-    """STYLE.md §5: asyncio stays in mw_core; Dagster code only calls asyncio.run."""
+    """CONTRIBUTING.md: asyncio stays in mw_core; Dagster code only calls asyncio.run."""
     banned = {"get_event_loop", "new_event_loop", "run_until_complete", "set_event_loop", "nest_asyncio"}
     offenders = []
     for path in [*(ROOT / "mw_dagster").rglob("*.py"), *(ROOT / "sensors").rglob("*.py")]:
@@ -111,7 +130,7 @@ def test_bad_configuration_fails_without_retries(monkeypatch: pytest.MonkeyPatch
 
 
 def test_dagster_code_is_sync_and_driver_free() -> None:
-    """STYLE.md §2/§5: SQL, coroutines and drivers live in `mw_core`; Dagster code is a sync wrapper.
+    """CONTRIBUTING.md: SQL, coroutines and drivers live in `mw_core`; Dagster code is a sync wrapper.
 
     `mw_dagster` and `sensors` define no coroutine, await nothing, import no database/Kafka/feed
     driver, and use `asyncio` only as ``asyncio.run`` (the seam into `mw_core`).
@@ -138,13 +157,40 @@ def test_dagster_code_is_sync_and_driver_free() -> None:
     assert offenders == []
 
 
-def test_sensor_intervals_from_the_environment() -> None:
+def test_sensor_intervals_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """MW_*_INTERVAL_S shorten sensor ticks (tests, demos), never below the daemon's 5 s loop."""
-    assert interval_s("X", 60, {}) == 60 and interval_s("X", 60, {"X": " "}) == 60
-    assert interval_s("X", 60, {"X": "7"}) == 7
-    assert interval_s("X", 60, {"X": "1"}) == MIN_INTERVAL_S == 5
-    with pytest.raises(ValueError, match="X must be a whole number"):
-        interval_s("X", 60, {"X": "fast"})
+    monkeypatch.setenv("MW_RSS_POLL_INTERVAL_S", " ")
+    monkeypatch.setenv("MW_ANOMALIES_POLL_INTERVAL_S", "7")
+    monkeypatch.setenv("MW_ORPHANED_RUNS_INTERVAL_S", "1")
+    sensors = {s.name: s.minimum_interval_seconds for s in build_sensors(load_settings())}
+    assert sensors == {
+        "rss_poll_sensor": 60,
+        "new_anomalies_sensor": 7,
+        "service_health_sensor": 60,
+        "orphaned_runs_sensor": MIN_SENSOR_INTERVAL_S,
+    }
+    assert MIN_SENSOR_INTERVAL_S == 5
+    monkeypatch.setenv("MW_RSS_POLL_INTERVAL_S", "fast")
+    with pytest.raises(ConfigError, match=r"MW_RSS_POLL_INTERVAL_S: .*must be a whole number"):
+        load_settings()
+
+
+def test_resources_take_their_values_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One source of defaults: the resources' values are the `Settings` the entry point built."""
+    settings = load_settings(llm_model="m-1", llm_max_tokens_per_run=7, llm_timeout_s=3.0)
+    llm = build_resources(settings, {})["llm"]
+    assert isinstance(llm, LLMResource)
+    assert (llm.model, llm.max_tokens_per_run, llm.timeout_s, llm.provider) == ("m-1", 7, 3.0, "template")
+    # The resource's own defaults are Settings' defaults too (no second copy of them).
+    default = load_settings(llm_provider="template")
+    assert (LLMResource().model, LLMResource().max_calls_per_run) == (
+        default.llm_model,
+        default.llm_max_calls_per_run,
+    )
+    # A blank variable (`MW_LLM_MAX_CALLS_PER_RUN=` in a .env) is unset, not a broken code location.
+    monkeypatch.setenv("MW_LLM_MAX_CALLS_PER_RUN", "")
+    blank = build_resources(load_settings(), {"MW_LLM_MAX_CALLS_PER_RUN": ""})["llm"]
+    assert isinstance(blank, LLMResource) and blank.max_calls_per_run == default.llm_max_calls_per_run
 
 
 def test_rss_resource_none_switches_feeds_off() -> None:

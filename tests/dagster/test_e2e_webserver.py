@@ -8,10 +8,8 @@ observation through the webserver's REST endpoint.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,17 +20,8 @@ from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
 from mw_core.local.ports import free_port
-from mw_dagster.health import report_service_health
-from tests.dagster.helpers import (
-    BIN,
-    ROOT,
-    create_database,
-    dagster_env,
-    drop_database,
-    make_dagster_home,
-    stop_group,
-    with_database,
-)
+from mw_dagster.infra.health import report_service_health
+from tests.dagster.helpers import BIN, ROOT, dagster_env, fresh_database, make_dagster_home, stop_group
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -90,13 +79,16 @@ def _graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> d
 @pytest.fixture
 def dagster_stack(pg_server_url: str, db_url: str, tmp_path: Path) -> Iterator[str]:
     """webserver + daemon on a fresh Dagster database; yields the webserver base URL."""
-    dagster_db = f"dagster_{uuid.uuid4().hex[:10]}"
-    asyncio.run(create_database(pg_server_url, dagster_db))
+    with fresh_database(pg_server_url) as dagster_url:
+        yield from _webserver_and_daemon(dagster_url, db_url, tmp_path)
+
+
+def _webserver_and_daemon(dagster_url: str, db_url: str, tmp_path: Path) -> Iterator[str]:
     home = make_dagster_home(tmp_path / "dagster_home")
     port = free_port("127.0.0.1")
     env = dagster_env(
         home,
-        with_database(pg_server_url, dagster_db),
+        dagster_url,
         MW_DATABASE_URL=db_url,
         MW_RSS_FEEDS="",  # no internet: the RSS sensor just skips
         MW_LLM_PROVIDER="template",
@@ -136,7 +128,6 @@ def dagster_stack(pg_server_url: str, db_url: str, tmp_path: Path) -> Iterator[s
     finally:
         for proc in reversed(procs):
             stop_group(proc)
-        asyncio.run(drop_database(pg_server_url, dagster_db))
 
 
 def _tail(logs: Path) -> str:

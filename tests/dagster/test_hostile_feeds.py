@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 
 from mw_core.config import Settings
-from mw_dagster.assets.news import AllFeedsFailed, headlines
+from mw_dagster.news.assets import AllFeedsFailed, headlines
 from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource
 from tests.dagster.helpers import consume_topic
 from tests.fakes.feeds import Feed, FeedServer

@@ -19,21 +19,27 @@ import psutil
 import pytest
 from dagster._core.events import DagsterEvent
 
-from mw_core.adapters import db
+from mw_core.adapters.postgres.prices import write_batch
+from mw_core.config import load_settings
 from mw_core.models import Anomaly, Tick
-from mw_dagster.assets.news import headlines
 from mw_dagster.definitions import build_resources, defs
-from mw_dagster.health import report_service_health
-from mw_dagster.jobs import maintenance_job
+from mw_dagster.infra.health import report_service_health
+from mw_dagster.maintenance.jobs import maintenance_job
+from mw_dagster.news.assets import headlines
 from mw_dagster.resources import KafkaResource, PostgresResource, RSSResource
-from sensors.anomalies import new_anomalies_sensor
-from sensors.health import service_health_sensor
-from sensors.rss import RSSCursor, rss_poll_sensor, run_key_for
-from sensors.runs import orphaned_runs_sensor, worker_alive
+from sensors import build_sensors
+from sensors.rss import RSSCursor, run_key_for
+from sensors.runs import worker_alive
 from tests.dagster.helpers import insert_ticks, rss
 from tests.fakes.feeds import Feed, FeedServer, Status
 
 pytestmark = pytest.mark.integration
+
+SENSORS = {s.name: s for s in build_sensors(load_settings())}
+rss_poll_sensor = SENSORS["rss_poll_sensor"]
+new_anomalies_sensor = SENSORS["new_anomalies_sensor"]
+service_health_sensor = SENSORS["service_health_sensor"]
+orphaned_runs_sensor = SENSORS["orphaned_runs_sensor"]
 
 
 def _tick(
@@ -116,7 +122,9 @@ def test_rss_sensor_re_requests_after_a_failed_run(postgres: PostgresResource) -
 
 
 def test_rss_sensor_without_feeds_skips(postgres: PostgresResource) -> None:
-    rss_off = build_resources({"MW_DATABASE_URL": "postgresql://x@h/d", "MW_RSS_FEEDS": ""})["rss"]
+    rss_off = build_resources(load_settings(), {"MW_DATABASE_URL": "postgresql://x@h/d", "MW_RSS_FEEDS": ""})[
+        "rss"
+    ]
     assert isinstance(rss_off, RSSResource) and not rss_off.enabled
     result = _tick(
         rss_poll_sensor, dg.DagsterInstance.ephemeral(), "not json", postgres=postgres, rss=rss_off
@@ -131,7 +139,7 @@ def test_new_anomalies_sensor_walks_the_id_cursor(postgres: PostgresResource) ->
     instance = dg.DagsterInstance.ephemeral()
     t0 = 1722820259999
     batch = [Anomaly(s, t0, 60, -0.03, "down", 100.0, 0.02) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
-    postgres.run(lambda pool: db.write_batch(pool, [], [], batch))
+    postgres.run(lambda pool: write_batch(pool, [], [], batch))
 
     first = _tick(new_anomalies_sensor, instance, None, postgres=postgres)
     assert [r.run_key for r in first.run_requests or []] == ["anomalies-1-3"]
@@ -141,7 +149,7 @@ def test_new_anomalies_sensor_walks_the_id_cursor(postgres: PostgresResource) ->
     assert not idle.run_requests and idle.cursor == "3" and "after id 3" in _skip(idle)
 
     late = Anomaly("BTCUSDT", t0 + 120_000, 300, 0.05, "up", 105.0, 0.03)
-    postgres.run(lambda pool: db.write_batch(pool, [], [], [late]))
+    postgres.run(lambda pool: write_batch(pool, [], [], [late]))
     nxt = _tick(new_anomalies_sensor, instance, idle.cursor, postgres=postgres)
     assert [r.run_key for r in nxt.run_requests or []] == ["anomalies-4-4"] and nxt.cursor == "4"
 

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import psutil
+
+from mw_core.local.ports import port_free, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 MW = (
@@ -59,15 +60,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def port_in_use(host: str, port: int) -> bool:
     """True when something accepts connections on `host:port` or the port cannot be bound."""
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
+    return port_open(host, port) or not port_free(host, port)
 
 
 def alive(proc: psutil.Process) -> bool:

@@ -73,7 +73,7 @@ def _day_rows() -> int:
 
 def _partition_key() -> str:
     """The `price_anomalies` partition of the replayed day, from its partitions definition."""
-    from mw_dagster.partitions import price_anomalies_partitions
+    from mw_dagster.markets.partitions import price_anomalies_partitions
 
     key = price_anomalies_partitions.get_partition_key_for_timestamp(CRASH[0].timestamp())
     assert price_anomalies_partitions.has_partition_key(key)

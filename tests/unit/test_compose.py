@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mw_core.config import Settings
+from mw_core.config import Settings, env_var
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +33,10 @@ CONTAINER_OVERRIDES = {
     "MW_HOST",
     "MW_METRICS_PORT",
     "MW_LOG_FORMAT",
+    "DAGSTER_PG_URL",
 }
+# Settings only the Dagster services (and the init job) need: the services never get them.
+DAGSTER_ONLY = {"DAGSTER_PG_URL"}
 SECRET_PARTS = {"PASSWORD", "SECRET", "TOKEN", "CREDENTIALS"}
 VAR_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?")
 
@@ -43,7 +46,7 @@ def is_secret(name: str) -> bool:
 
 
 def settings_vars() -> list[str]:
-    return [f"MW_{name.upper()}" for name in Settings.model_fields]
+    return [env_var(name) for name in Settings.model_fields]
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +211,10 @@ def test_env_example_values_are_the_config_defaults(monkeypatch: pytest.MonkeyPa
 def test_every_setting_is_passed_to_the_app_services(services: dict[str, Any]) -> None:
     for name in APP_SERVICES:
         env = env_of(services[name])
-        missing = [v for v in settings_vars() if v not in env]
+        wanted = [v for v in settings_vars() if name in DAGSTER_SERVICES or v not in DAGSTER_ONLY]
+        missing = [v for v in wanted if v not in env]
         assert missing == [], f"{name} does not get {missing}"
-        for var in settings_vars():
+        for var in wanted:
             value = env[var]
             # Pass-through (None: from .env/shell or unset) or an interpolation of the same variable.
             assert value is None or str(value).startswith(f"${{{var}"), f"{name}: {var}={value!r}"

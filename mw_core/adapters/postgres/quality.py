@@ -1,7 +1,7 @@
 """Data-quality and health questions to PostgreSQL: the numbers behind the Dagster asset checks.
 
 Contract:
-- No dagster import (STYLE.md §1). Each function answers one question in one set-based query and
+- No dagster import (see CONTRIBUTING.md). Each function answers one question in one set-based query and
   returns a frozen record; verdicts (thresholds, severities) are the caller's.
 - "Now" is a parameter (``now_ms``, epoch ms), never read here, so results are reproducible.
 - All SQL is static text with ``$n`` parameters; times travel as epoch-millisecond ``int8``.

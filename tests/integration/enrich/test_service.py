@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,15 +13,19 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mw_core.adapters import bus, db
+from mw_core.adapters import bus
+from mw_core.adapters.postgres.anomalies import anomaly_from_row
+from mw_core.adapters.postgres.pool import create_pool
+from mw_core.adapters.postgres.prices import write_batch
+from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.config import Settings
 from mw_core.enrich import store
 from mw_core.enrich.llm import LLMClient
 from mw_core.enrich.prompt import DATA_CLOSE, DATA_OPEN
+from mw_core.enrich.run import enrich_and_publish
 from mw_core.enrich.service import (
     EnrichReport,
     enrich_anomalies,
-    enrich_pending,
     enrich_pending_async,
     publish_enrichments,
 )
@@ -56,14 +60,6 @@ def fake() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(db_url, max_size=4)
-    await db.apply_schema(pool)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
 def llm_settings(make_settings: Callable[..., Settings], fake: FakeLLMServer) -> Callable[..., Settings]:
     def factory(**overrides: Any) -> Settings:
         base: dict[str, Any] = {
@@ -87,7 +83,7 @@ def make_llm(settings: Settings, **options: Any) -> LLMClient:
 
 
 async def add_anomalies(pool: asyncpg.Pool, *anomalies: Anomaly) -> list[int]:
-    await db.write_batch(pool, [], [], list(anomalies))
+    await write_batch(pool, [], [], list(anomalies))
     ids = []
     for a in anomalies:
         ids.append(
@@ -404,7 +400,7 @@ async def pending_all(pool: asyncpg.Pool) -> list[tuple[int, Anomaly]]:
         "SELECT id, symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s, ret, direction, price, "
         "threshold, volatility, ref_price, NULL::int8 AS ref_ts_ms FROM anomalies ORDER BY id"
     )
-    return [(int(r["id"]), db.anomaly_from_row(r)) for r in rows]
+    return [(int(r["id"]), anomaly_from_row(r)) for r in rows]
 
 
 async def test_retry_templates_upgrades_fallbacks(
@@ -448,24 +444,29 @@ async def test_llm_built_from_settings_when_not_given(
     assert fake.calls == 1
 
 
-# --- sync entry point and publishing ------------------------------------------------------------------
+# --- the Dagster use case and publishing ------------------------------------------------------------------
 
 
-def test_sync_entry_point(db_url: str, fake: FakeLLMServer, llm_settings: Callable[..., Settings]) -> None:
+def test_enrich_and_publish_owns_its_pool(
+    db_url: str, fake: FakeLLMServer, llm_settings: Callable[..., Settings]
+) -> None:
     async def setup() -> None:
-        pool = await db.create_pool(db_url, max_size=1)
+        pool = await create_pool(db_url, max_size=1)
         try:
-            await db.apply_schema(pool)
+            await apply_schema(pool)
             await add_anomalies(pool, anomaly(), anomaly("SOLUSDT", ret=0.06))
         finally:
             await pool.close()
 
     asyncio.run(setup())
-    report = enrich_pending(llm_settings(), limit=10)
+    run = asyncio.run(enrich_and_publish(db_url, llm_settings(), limit=10, publish=False))
+    report = run.report
     assert isinstance(report, EnrichReport)
     assert report.llm == 2
     assert fake.calls == 2
-    assert enrich_pending(llm_settings(), limit=10).rows == ()
+    assert (run.published, run.by_symbol) == (0, {"BTCUSDT": 1, "SOLUSDT": 1})
+    again = asyncio.run(enrich_and_publish(db_url, llm_settings(), limit=10, publish=False))
+    assert again.report.rows == ()
 
 
 async def test_publish_enrichments_to_alerts(

@@ -27,11 +27,11 @@ from mw_core.markets.codec import BadMessage
 from mw_core.models import Tick
 from mw_core.replay.klines import Kline, read_kline_file
 from mw_core.replay.server import BinanceServer
+from tests.conftest import FIXTURES
 from tests.fakes.binance import GARBAGE_REASONS, FaultyBinanceServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DAY = 1_722_816_000_000  # 2024-08-05 00:00 UTC
 
 

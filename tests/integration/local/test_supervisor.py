@@ -20,19 +20,12 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from mw_core.cli.stack import stack_app
+from mw_core.cli.app import app
+from mw_core.local.down import down
 from mw_core.local.ports import free_port, port_open
-from mw_core.local.supervisor import (
-    PID_FILE,
-    AlreadyRunning,
-    ComponentSpec,
-    StackLock,
-    StartupError,
-    Supervisor,
-    down,
-    read_status,
-    running_supervisor,
-)
+from mw_core.local.specs import ComponentSpec
+from mw_core.local.state_files import PID_FILE, AlreadyRunning, StackLock, read_status, running_supervisor
+from mw_core.local.supervisor import StartupError, Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +78,9 @@ SUPERVISOR_MAIN = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from mw_core.local.supervisor import ComponentSpec, StackLock, Supervisor
+    from mw_core.local.specs import ComponentSpec
+    from mw_core.local.state_files import StackLock
+    from mw_core.local.supervisor import Supervisor
 
     state, child, events = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     with StackLock.acquire(state, argv=sys.argv):
@@ -353,12 +348,12 @@ def test_second_instance_detected_and_down_from_another_process(
 
     env = {"MW_STATE_DIR": str(state), "MW_LOG_LEVEL": "WARNING"}
     runner = CliRunner()
-    result = runner.invoke(stack_app, ["up", "--no-live"], env=env)
+    result = runner.invoke(app, ["up", "--no-live"], env=env)
     assert result.exit_code == 1
     assert "already running" in result.output
     assert str(pid) in result.output
 
-    result = runner.invoke(stack_app, ["status", "--json"], env=env)
+    result = runner.invoke(app, ["status", "--json"], env=env)
     assert result.exit_code == 0, result.output
     st = json.loads(result.stdout)
     assert st["running"] is True
@@ -366,7 +361,7 @@ def test_second_instance_detected_and_down_from_another_process(
     children = [c["pid"] for c in st["components"]]
     grandkids = [int(p) for p in (state / "kids").read_text().split()]
 
-    result = runner.invoke(stack_app, ["logs", "beta", "-n", "5"], env=env)
+    result = runner.invoke(app, ["logs", "beta", "-n", "5"], env=env)
     assert result.exit_code == 0
     assert "supervisor: starting beta" in result.stdout
 
@@ -385,9 +380,9 @@ def test_second_instance_detected_and_down_from_another_process(
     assert st_after["running"] is False
     assert {c["state"] for c in st_after["components"]} == {"stopped"}
 
-    result = runner.invoke(stack_app, ["status"], env=env)
+    result = runner.invoke(app, ["status"], env=env)
     assert result.exit_code == 1
-    result = runner.invoke(stack_app, ["down"], env=env)
+    result = runner.invoke(app, ["down"], env=env)
     assert result.exit_code == 0
     assert "no Market Watch stack running" in result.output
 

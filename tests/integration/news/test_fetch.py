@@ -12,11 +12,12 @@ import pytest
 
 from mw_core.news import collect, fetch_all, fetch_feed, next_cursor
 from mw_core.news.fetch import display_source
+from tests.conftest import FIXTURES
 from tests.fakes.feeds import Feed, FeedServer, Redirect, Slow, Status
 
 pytestmark = pytest.mark.integration
 
-FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
+FEEDS = FIXTURES / "feeds"
 RSS = (FEEDS / "rss2_coindesk.xml").read_bytes()
 ATOM = (FEEDS / "atom_decrypt.xml").read_bytes()
 MALFORMED = (FEEDS / "malformed.xml").read_bytes()

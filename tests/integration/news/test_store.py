@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from mw_core.adapters import bus, db
+from mw_core.adapters import bus
 from mw_core.config import Settings
 from mw_core.models import dt_to_ms
 from mw_core.news import (
@@ -25,21 +23,14 @@ from mw_core.news import (
     next_cursor,
     publish_headlines,
 )
+from tests.conftest import FIXTURES
 from tests.fakes.feeds import Feed, FeedServer
 
 pytestmark = pytest.mark.integration
 
-FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
+FEEDS = FIXTURES / "feeds"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
 T0 = datetime(2024, 8, 5, 6, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(db_url, max_size=4)
-    await db.apply_schema(pool)
-    yield pool
-    await pool.close()
 
 
 def headline(

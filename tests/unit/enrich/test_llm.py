@@ -1,14 +1,13 @@
-"""LLM client construction and header parsing (no network: building a client opens no socket)."""
+"""LLM client construction (no network: building a client opens no socket)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from mw_core.config import Settings
-from mw_core.enrich.llm import PROVIDER_BASE_URLS, LLMClient, PermanentLLMError, parse_retry_after
+from mw_core.enrich.llm import PROVIDER_BASE_URLS, LLMClient, PermanentLLMError
 
 pytestmark = pytest.mark.unit
 
@@ -18,27 +17,6 @@ SECRET = "sk-unit-SECRET-4242"
 def settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {"llm_provider": "openai", "llm_model": "gpt-4o-mini", "database_url": None}
     return Settings(**{**base, **overrides})
-
-
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"retry-after": "2"}, 2.0),
-        ({"retry-after": "0.25"}, 0.25),
-        ({"retry-after-ms": "1500"}, 1.5),
-        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
-        ({"retry-after-ms": "nope", "retry-after": "3"}, 3.0),
-        ({"retry-after": "Mon, 05 Aug 2024 02:00:10 GMT"}, 10.0),
-        ({"retry-after": "Mon, 05 Aug 2024 01:59:00 GMT"}, 0.0),
-        ({"retry-after": "soon"}, None),
-        ({"retry-after": "-1"}, None),
-        ({"retry-after": "inf"}, None),
-        ({}, None),
-    ],
-)
-def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
-    now = datetime(2024, 8, 5, 2, 0, tzinfo=UTC)
-    assert parse_retry_after(headers, now=now) == expected
 
 
 @pytest.mark.parametrize("provider", ["openai", "gemini", "ollama"])

@@ -268,7 +268,7 @@ def test_zero_budget_allows_nothing() -> None:
 # --- import rules -------------------------------------------------------------------------------------
 
 IO_LIBS = {"asyncpg", "aiokafka", "websockets", "httpx", "httpx2", "openai", "tenacity", "requests", "socket"}
-ENRICH = Path(__file__).resolve().parents[2] / "mw_core" / "enrich"
+ENRICH = Path(__file__).resolve().parents[3] / "mw_core" / "enrich"
 
 
 def _imported_roots(path: Path) -> set[str]:

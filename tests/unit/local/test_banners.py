@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
+from mw_core.local.banners import feed_banner
 from mw_core.local.ports import free_port
-from mw_core.local.stack import feed_banner
 
 pytestmark = pytest.mark.unit
 

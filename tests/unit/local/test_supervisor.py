@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,23 +11,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mw_core.local.supervisor import (
+from mw_core.adapters.retry import exponential_delay
+from mw_core.local.down import cleanup_stale
+from mw_core.local.probes import check_health
+from mw_core.local.specs import ComponentSpec, StepSpec
+from mw_core.local.state_files import (
     PID_FILE,
     STATUS_FILE,
     AlreadyRunning,
-    ComponentSpec,
-    ManagedSpec,
     StackLock,
-    StartupError,
-    StepSpec,
-    Supervisor,
-    backoff_delay,
-    check_health,
-    cleanup_stale,
     read_status,
     running_supervisor,
     tail,
 )
+from mw_core.local.supervisor import StartupError, Supervisor
 
 pytestmark = pytest.mark.unit
 
@@ -42,8 +38,9 @@ def dead_pid() -> tuple[int, float]:
 
 
 def test_backoff_doubles_and_caps() -> None:
-    assert [backoff_delay(n, base=0.5, cap=4) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    assert backoff_delay(0, base=1.0) == 1.0
+    """The supervisor's restart delays (`exponential_delay`, shown as "restart in 0.5s")."""
+    assert [exponential_delay(n, base_s=0.5, cap_s=4) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert exponential_delay(0, base_s=1.0, cap_s=30) == 1.0
 
 
 def test_health_check_kinds() -> None:
@@ -148,126 +145,3 @@ def test_tail(tmp_path: Path) -> None:
     path.write_text("".join(f"line {i}\n" for i in range(100)))
     assert tail(path, 3) == "line 97\nline 98\nline 99"
     assert tail(tmp_path / "missing.log") == ""
-
-
-def test_render_status_shows_components_and_urls() -> None:
-    from rich.console import Console
-
-    from mw_core.cli.stack import render_status
-
-    status = {
-        "running": True,
-        "meta": {
-            "dagster_url": "http://127.0.0.1:3000",
-            "database_url": "postgresql://u:***@db/marketwatch",
-            "kafka_bootstrap": "127.0.0.1:9092",
-            "startup_s": 9.5,
-        },
-        "components": [
-            {"component": "postgres", "state": "running", "address": "db", "pid": 42, "restarts": 1},
-        ],
-        "events": [{"ts": "t", "component": "postgres", "event": "restart #1"}],
-    }
-    console = Console(record=True, width=200)
-    console.print(render_status(status, banners=["price source x: OK"]))
-    text = console.export_text()
-    for needle in ("postgres", "running", "42", "http://127.0.0.1:3000", "u:***@db", "9.5s", "restart #1"):
-        assert needle in text
-
-
-# --- the concrete stack (specs only; nothing is started) ------------------------------------------
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("MW_") or key == "DAGSTER_PG_URL":
-            monkeypatch.delenv(key)
-
-
-def test_stack_order_and_wiring_embedded(tmp_path: Path, clean_env: None) -> None:
-    from mw_core.config import load_settings
-    from mw_core.local.stack import Stack, StackOptions
-
-    settings = load_settings(_env_file=None, state_dir=tmp_path / "state")
-    stack = Stack(settings, StackOptions(replay=("a.csv",), speed="60", loop=True, dagster_port=3999))
-    specs = stack.specs()
-    assert [s.name for s in specs] == [
-        "postgres",
-        "kafka",
-        "schema",
-        "dagster-webserver",
-        "dagster-daemon",
-        "replay",
-        "ingest",
-        "process",
-    ]
-    by_name = {s.name: s for s in specs}
-    assert isinstance(by_name["postgres"], ManagedSpec)
-    assert isinstance(by_name["schema"], StepSpec)
-
-    web = by_name["dagster-webserver"]
-    assert isinstance(web, ComponentSpec)
-    assert "dagster dev" not in " ".join(web.argv)  # ignores SIGTERM from non-interactive shells
-    assert web.argv[0].endswith("dagster-webserver") or "dagster_webserver" in web.argv
-    assert list(web.argv[1:5]) == ["-h", "127.0.0.1", "-p", "3999"]
-    assert callable(web.health)  # GraphQL: every code location LOADED (server_info answers earlier)
-    assert web.health() is False  # nothing listens on :3999
-    daemon = by_name["dagster-daemon"]
-    assert isinstance(daemon, ComponentSpec)
-    assert "run" in daemon.argv
-    replay = by_name["replay"]
-    assert isinstance(replay, ComponentSpec)
-    assert {"replay-server", "a.csv", "--loop", "60"} <= set(replay.argv)
-
-    # values resolved while starting reach the children through MW_* variables
-    stack.app_db_url = "postgresql://postgres@127.0.0.1:5555/marketwatch"
-    stack.dagster_pg_url = "postgresql+psycopg2://postgres@127.0.0.1:5555/dagster"
-    stack.kafka_bootstrap = "127.0.0.1:9999"
-    (tmp_path / "state").mkdir()
-    stack.replay_ready.write_text(
-        json.dumps({"ws_url": "ws://127.0.0.1:7", "rest_url": "http://127.0.0.1:7"})
-    )
-    ingest_env = stack.ingest_env()
-    assert ingest_env["MW_DATABASE_URL"] == stack.app_db_url
-    assert ingest_env["MW_KAFKA_BOOTSTRAP"] == "127.0.0.1:9999"
-    assert ingest_env["MW_BINANCE_WS_URL"] == "ws://127.0.0.1:7"
-    assert ingest_env["MW_BINANCE_REST_URL"] == "http://127.0.0.1:7"
-    assert ingest_env["MW_METRICS_PORT"] == str(stack.ingest_port)
-    denv = stack.dagster_env()
-    assert denv["DAGSTER_HOME"] == str(tmp_path / "state" / "dagster")
-    assert denv["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")
-    assert stack.meta()["dagster_url"] == "http://127.0.0.1:3999"
-
-
-def test_stack_external_servers_and_no_passwords_in_status(tmp_path: Path, clean_env: None) -> None:
-    from mw_core.config import load_settings
-    from mw_core.local.stack import Stack
-
-    settings = load_settings(
-        _env_file=None,
-        state_dir=tmp_path,
-        database_url="postgresql://app:s3cret@db.example:5432/marketwatch",
-        kafka_bootstrap="kafka.example:9093",
-    )
-    stack = Stack(settings)
-    specs = stack.specs()
-    assert [s.name for s in specs][:3] == ["postgres", "kafka", "schema"]
-    assert all(isinstance(s, StepSpec) for s in specs[:3])
-    assert "replay" not in [s.name for s in specs]
-    assert "s3cret" not in json.dumps(stack.meta())
-    assert stack.meta()["database_url"] == "postgresql://app:***@db.example:5432/marketwatch"
-    assert stack.service_env()["MW_DATABASE_URL"].endswith(":s3cret@db.example:5432/marketwatch")
-
-
-def test_url_helpers() -> None:
-    from mw_core.local.stack import database_name, durable, libpq_url, sqlalchemy_url, with_database
-
-    url = "postgresql://u:p@h:5432/marketwatch?sslmode=require"
-    assert with_database(url, "dagster") == "postgresql://u:p@h:5432/dagster?sslmode=require"
-    assert sqlalchemy_url(url).startswith("postgresql+psycopg2://u:p@h")
-    assert libpq_url(sqlalchemy_url(url)) == url
-    assert database_name(url) == "marketwatch"
-    assert durable(b'{"status": "ok", "stored": 3, "last_commit_age_s": 0.2}')
-    assert not durable(b'{"status": "ok", "stored": 0, "last_commit_age_s": null}')
-    assert not durable(b"not json")

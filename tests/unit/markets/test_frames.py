@@ -1,4 +1,4 @@
-"""Binance frame and REST klines parsers (pure), plus the pure helpers of the ingest client."""
+"""Binance frame and REST klines parsers (pure), replayed on recorded and fuzzed payloads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mw_core.ingest.client import Deduper, full_jitter, kline_closed_between, stream_url
 from mw_core.markets.codec import BadMessage
 from mw_core.markets.frames import ServerShutdown, SubscriptionAck, parse_frame, parse_klines
 from mw_core.models import Tick
@@ -193,44 +192,3 @@ def test_bad_klines_payloads(raw: bytes, reason: str, detail: str) -> None:
 def test_fuzz_klines_only_raise_bad_message(value: Any) -> None:
     with contextlib.suppress(BadMessage):
         parse_klines(json.dumps(value).encode(), symbol="BTCUSDT", now_ms=NOW)
-
-
-# --- pure helpers of the ingest client ---------------------------------------------------------------
-
-
-def test_stream_url() -> None:
-    assert (
-        stream_url("wss://stream.binance.com:9443/", ["BTCUSDT", "ETHUSDT"])
-        == "wss://stream.binance.com:9443/stream?streams=btcusdt@miniTicker/ethusdt@miniTicker"
-    )
-
-
-def test_full_jitter_is_bounded_by_the_capped_exponential() -> None:
-    for failures in range(40):
-        ceiling = min(5.0, 0.5 * 2**failures)
-        samples = [full_jitter(failures, base_s=0.5, cap_s=5.0) for _ in range(50)]
-        assert all(0.0 <= s <= ceiling for s in samples)
-    assert len({full_jitter(3, base_s=0.5, cap_s=5.0) for _ in range(20)}) > 1  # jittered
-
-
-def test_deduper_drops_repeats_and_forgets_oldest() -> None:
-    d = Deduper(per_symbol=3)
-    assert [d.accept("A", t) for t in (1, 2, 1, 3)] == [True, True, False, True]
-    assert d.accept("B", 1) is True
-    assert d.accept("A", 4) is True  # evicts 1
-    assert d.accept("A", 1) is True and d.accept("A", 4) is False
-    assert d.newest == {"A": 4, "B": 1}
-
-
-@pytest.mark.parametrize(
-    ("after", "before", "expected"),
-    [
-        (1722816059999, 1722816119999, False),  # consecutive kline closes: nothing in between
-        (1722816059999, 1722816179999, True),  # one close (…119999) missed
-        (1722816061000, 1722816119998, False),
-        (1722816061000, 1722816120500, True),
-        (1722816119999, 1722816119999, False),
-    ],
-)
-def test_kline_closed_between(after: int, before: int, expected: bool) -> None:
-    assert kline_closed_between(after, before) is expected

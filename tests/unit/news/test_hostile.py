@@ -29,10 +29,11 @@ import pytest
 
 from mw_core.news import Headline, parse_feed
 from mw_core.news.parse import parse_entry
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.unit
 
-HOSTILE = Path(__file__).resolve().parents[1] / "fixtures" / "feeds" / "hostile"
+HOSTILE = FIXTURES / "feeds" / "hostile"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT"]
 SOURCES = ["https://hostile.example/feeds/news.xml", "hostile-feed.xml"]
 MARKUP = re.compile(r"<[A-Za-z/!?]")

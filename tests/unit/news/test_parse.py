@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from xml.sax.saxutils import escape
 
 import pytest
@@ -21,10 +20,11 @@ from mw_core.news.parse import (
     parse_feed,
 )
 from mw_core.news.sanitize import has_markup
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.unit
 
-FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
+FEEDS = FIXTURES / "feeds"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
 ATOM_URL = "https://decrypt.co/feed/atom"
 

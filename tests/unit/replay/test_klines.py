@@ -21,10 +21,10 @@ from mw_core.replay.klines import (
     sample_files,
     symbol_from_filename,
 )
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.unit
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DAY = 1_722_816_000_000  # 2024-08-05 00:00 UTC
 HEADER = (
     "open_time_ms,open,high,low,close,volume,close_time_ms,quote_volume,trades,"

@@ -1,0 +1,96 @@
+"""The status table of `mw up` / `mw status`, rendered from status.json content.
+
+Contract: `render_status(status)` only formats what it is given (components, addresses, recent
+events, banners); it holds no password because status.json holds none. `wide` is the stdout
+console for it: piped or logged output is not squeezed into 80 columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+wide = Console()
+if not wide.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
+    wide = Console(width=160)
+
+STATE_STYLE = {
+    "running": "green",
+    "done": "cyan",
+    "external": "cyan",
+    "starting": "yellow",
+    "pending": "dim",
+    "backoff": "red",
+    "failed": "bold red",
+    "stopping": "yellow",
+    "stopped": "dim",
+    "stale": "bold red",
+    "gone": "dim",
+}
+
+
+def render_status(status: dict[str, Any], *, banners: Sequence[str] = (), hint: str = "") -> RenderableType:
+    """The status table plus the addresses that matter (no passwords: status.json holds none)."""
+    meta = status.get("meta", {})
+    running = status.get("running", True)
+    title = "Market Watch" + ("" if running else " (not running)")
+    comps = status.get("components", [])
+    with_detail = any(c.get("detail") for c in comps)
+    table = Table(title=title)
+    table.add_column("component", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("address", overflow="fold", min_width=12)
+    table.add_column("PID", no_wrap=True, justify="right")
+    table.add_column("restarts", no_wrap=True, justify="right")
+    table.add_column("startup", no_wrap=True, justify="right")
+    if with_detail:
+        table.add_column("detail", overflow="fold")
+    for comp in comps:
+        state = str(comp.get("state", "?"))
+        startup = comp.get("startup_s")
+        row: list[RenderableType] = [
+            str(comp.get("component")),
+            Text(state, style=STATE_STYLE.get(state, "")),
+            str(comp.get("address") or ""),
+            str(comp.get("pid") or "-"),
+            str(comp.get("restarts", 0)),
+            f"{startup:.1f}s" if isinstance(startup, int | float) else "",
+        ]
+        if with_detail:
+            row.append(str(comp.get("detail") or ""))
+        table.add_row(*row)
+    lines: list[RenderableType] = [table]
+    info = Text()
+    if meta.get("dagster_url"):
+        info.append("Dagster UI   ", style="bold")
+        info.append(f"{meta['dagster_url']}\n", style="link " + str(meta["dagster_url"]))
+    if meta.get("database_url"):
+        info.append("database     ", style="bold")
+        info.append(f"{meta['database_url']}\n")
+    if meta.get("kafka_bootstrap"):
+        info.append("kafka        ", style="bold")
+        info.append(f"{meta['kafka_bootstrap']}\n")
+    if meta.get("startup_s") is not None:
+        info.append("started in   ", style="bold")
+        info.append(f"{meta['startup_s']:.1f}s")
+        if meta.get("first_tick_s") is not None:
+            info.append(f"; first tick durable after {meta['first_tick_s']:.1f}s")
+        info.append("\n")
+    info.append("state dir    ", style="bold")
+    info.append(f"{meta.get('state_dir') or status.get('supervisor', {}).get('state_dir', '')}")
+    lines.append(info)
+    for banner in banners:
+        ok = banner.endswith(": OK")
+        lines.append(Text(banner, style="green" if ok else "bold yellow"))
+    events = status.get("events", [])[-4:]
+    if events:
+        ev = Text("recent: ", style="dim")
+        ev.append("; ".join(f"{e['component']} {e['event']}" for e in events), style="dim")
+        lines.append(ev)
+    if hint:
+        lines.append(Text(hint, style="dim"))
+    return Group(*lines)

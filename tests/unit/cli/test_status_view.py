@@ -1,0 +1,32 @@
+"""The status table of `mw up` / `mw status`."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def test_render_status_shows_components_and_urls() -> None:
+    from rich.console import Console
+
+    from mw_core.cli.status_view import render_status
+
+    status = {
+        "running": True,
+        "meta": {
+            "dagster_url": "http://127.0.0.1:3000",
+            "database_url": "postgresql://u:***@db/marketwatch",
+            "kafka_bootstrap": "127.0.0.1:9092",
+            "startup_s": 9.5,
+        },
+        "components": [
+            {"component": "postgres", "state": "running", "address": "db", "pid": 42, "restarts": 1},
+        ],
+        "events": [{"ts": "t", "component": "postgres", "event": "restart #1"}],
+    }
+    console = Console(record=True, width=200)
+    console.print(render_status(status, banners=["price source x: OK"]))
+    text = console.export_text()
+    for needle in ("postgres", "running", "42", "http://127.0.0.1:3000", "u:***@db", "9.5s", "restart #1"):
+        assert needle in text
