@@ -4,7 +4,8 @@ Contract: `run_replay` starts whatever embedded infrastructure is missing, serve
 days through `BinanceServer` (one miniTicker per symbol per minute, ``E`` = kline close time), runs
 the real `IngestService` and `Processor` on a run-specific topic and consumer group, waits until
 every frame was received, published and processed (durable, offsets committed), and returns the
-tick count and the anomalies stored for the replayed time range.
+tick count, the anomalies stored for the replayed time range and the episode events published for
+it (``alerts``, the same shape as `mw backtest --json`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mw_core.adapters.postgres.episodes import published_events
 from mw_core.adapters.postgres.pool import create_pool
 from mw_core.config import Settings
 from mw_core.ingest.service import IngestService
 from mw_core.local.runtime import ensure_infra
+from mw_core.markets.episodes import alert_json, alert_order
 from mw_core.models import ms_to_dt
 from mw_core.processor.service import Processor
 from mw_core.replay.klines import resolve_sources
@@ -34,9 +37,10 @@ class ReplayResult:
     sources: list[str]
     dead_letters: int = 0
     anomalies: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # published episode events (`alert_json`)
 
     def as_json(self) -> dict[str, Any]:
-        return {"ticks": self.ticks, "anomalies": self.anomalies}
+        return {"ticks": self.ticks, "anomalies": self.anomalies, "alerts": self.alerts}
 
 
 async def _wait_for(predicate: Any, *, timeout: float, what: str) -> None:
@@ -125,6 +129,13 @@ async def _replay(
             first_kline.close_time,
             last_kline.close_time,
         )
+        # The episode events the processor published (acknowledged by Kafka: published_at set),
+        # read back once everything is durable. From the outbox table rather than the topic, so a
+        # second replay into the same database reports the same alerts (its processor finds them
+        # stored and published already, and publishes nothing twice).
+        events = await published_events(
+            pool, symbols=server.symbols, start_ms=first_kline.close_time, end_ms=last_kline.close_time + 1
+        )
     finally:
         await pool.close()
     anomalies = [
@@ -143,6 +154,7 @@ async def _replay(
         sources=[str(p) for p in resolve_sources(sources)],
         dead_letters=stats.dead_letters + int(ingest.stats["dlq"]),
         anomalies=anomalies,
+        alerts=sorted((alert_json(e) for e in events), key=alert_order),
     )
 
 

@@ -182,6 +182,24 @@ async def mark_events_published(pool: asyncpg.Pool, ids: Sequence[int]) -> None:
         )
 
 
+_PUBLISHED = (
+    _EVENT_COLUMNS
+    + """
+WHERE published_at IS NOT NULL AND symbol = ANY($1::text[])
+  AND ts >= timestamptz 'epoch' + $2::int8 * interval '1 millisecond'
+  AND ts <  timestamptz 'epoch' + $3::int8 * interval '1 millisecond'
+ORDER BY ts, symbol, seq
+"""
+)
+
+
+async def published_events(
+    pool: asyncpg.Pool, *, symbols: Sequence[str], start_ms: int, end_ms: int
+) -> list[EpisodeEvent]:
+    """Events of `symbols` in [start, end) that are on the alerts topic (published), in time order."""
+    return [event_from_row(r) for r in await pool.fetch(_PUBLISHED, list(symbols), start_ms, end_ms)]
+
+
 async def events_between(pool: asyncpg.Pool, *, start_ms: int, end_ms: int) -> list[EpisodeEvent]:
     """The stream's episode events in [start, end), in time order."""
     return [event_from_row(r) for r in await pool.fetch(_IN_RANGE, start_ms, end_ms)]

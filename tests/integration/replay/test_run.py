@@ -11,6 +11,9 @@ import orjson
 import pytest
 
 from mw_core.config import Settings
+from mw_core.markets.analysis import analyse_series
+from mw_core.markets.episodes import EpisodePolicy, alert_json, alert_order
+from mw_core.replay.klines import read_sources
 from mw_core.replay.run import run_replay
 from tests.conftest import FIXTURES
 
@@ -66,6 +69,34 @@ def test_cli_replay_json_of_several_symbols(settings: Settings) -> None:
     assert out["ticks"] == 2 * 1440
     assert {a["symbol"] for a in out["anomalies"]} == {"SOLUSDT", "ADAUSDT"}
     assert set(out["anomalies"][0]) == {"symbol", "ts", "window_s", "ret", "direction"}
+    alerts = out["alerts"]
+    assert set(alerts[0]) == {"symbol", "ts", "kind", "window_s", "ret", "direction", "episode_id", "seq"}
+    for symbol in ("SOLUSDT", "ADAUSDT"):
+        raised = [a for a in alerts if a["symbol"] == symbol and a["kind"] != "close"]
+        raw = [a for a in out["anomalies"] if a["symbol"] == symbol]
+        assert 1 <= len(raised) <= 6 < len(raw)  # episodes: a person gets a handful, not dozens
+    # The same ticks through the pure analysis path (what `mw backtest` runs) give the same alerts.
+    assert alerts == expected_alerts(
+        ["SOLUSDT-1m-2024-08-05.csv", "ADAUSDT-1m-2024-08-05.csv"],
+        Settings(_env_file=None),  # type: ignore[call-arg]
+    )
+
+
+def expected_alerts(names: list[str], cfg: Settings) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for f in read_sources([FIXTURES / n for n in names]):
+        policy = EpisodePolicy.from_settings(cfg)
+        analyse_series(
+            f.symbol,
+            [(k.close_time, k.close) for k in f.klines],
+            windows_s=cfg.windows_s,
+            threshold_for=cfg.threshold_for,
+            cooldown_s=cfg.cooldown_s,
+            max_out_of_order_s=cfg.max_out_of_order_s,
+            sink=policy,
+        )
+        out.extend(alert_json(e) for e in policy.take())
+    return sorted(out, key=alert_order)
 
 
 def test_replay_of_missing_file_fails_cleanly(settings: Settings) -> None:
