@@ -14,7 +14,8 @@ What runs:
   ``symbols / rate`` seconds of wall time, so event time runs ``rate / symbols`` times faster than
   the clock (10x by default) and ends near now. The 900 s window therefore fills after ~90 s of
   wall time: memory measured after that is steady-state, not windows filling up. About every
-  2 s one random symbol jumps by 6 %, which raises anomalies and so alerts (the latency samples).
+  2 s one random symbol jumps by 6 %, which raises anomalies and so episode alerts: an ``open``
+  per symbol's first jump, rarely an ``escalate`` (the latency samples).
 
 Every `--sample-every` seconds it prints the RSS (sum over the process and its children) and PSS
 (the same without double-counting shared pages, e.g. PostgreSQL's shared buffers) of the
@@ -272,7 +273,12 @@ def histogram_quantiles(metrics_text: str, qs: tuple[float, ...]) -> tuple[int, 
 
 
 async def alert_latencies(settings: Settings, sent_at: dict[int, float]) -> list[float]:
-    """Seconds from each alerted tick's send to its alert's Kafka timestamp (the alerts topic)."""
+    """Seconds from each alerted tick's send to its alert's Kafka timestamp (the alerts topic).
+
+    Only the alerts a person receives count: episode ``open`` and ``escalate`` events, whose ``ts``
+    is the breaching tick's. A ``close`` is stamped ``last breach + quiet period``, not a tick that
+    caused it (the processor's histogram leaves it out too).
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
     )
@@ -292,6 +298,8 @@ async def alert_latencies(settings: Settings, sent_at: dict[int, float]) -> list
             for records in batch.values():
                 for rec in records:
                     alert = orjson.loads(rec.value)  # type: ignore[arg-type]
+                    if alert.get("kind") not in ("open", "escalate"):
+                        continue
                     sent = sent_at.get(int(alert["ts"]))
                     if sent is not None:
                         latencies.append(max(0.0, rec.timestamp / 1000 - sent))

@@ -1,25 +1,29 @@
-"""PostgreSQL access for enrichment: pending anomalies, nearby headlines, `alert_enrichments` rows.
+"""PostgreSQL access for enrichment: alerts to enrich, nearby headlines, `alert_enrichments` rows.
 
 Contract:
-- Static SQL with ``$n`` parameters only; timestamps travel as epoch milliseconds.
-- `pending_anomalies(model=M)` lists anomalies, newest first, that have no enrichment row for
+- What is enriched: the alerts a person receives, i.e. the `alert_events` rows of kind ``open``
+  or ``escalate`` (never ``close`` events, never raw `anomalies` detections). Only events already
+  on the alerts topic (``published_at`` set) are pending, so the enrichment follow-up never
+  precedes its event on the topic.
+- `pending_events(model=M)` lists those events, newest first, that have no enrichment row for
   ``M`` — and, unless ``retry_templates``, no ``template`` row either: a template fallback is
-  final for that anomaly, so a failing provider never makes later runs re-spend on old alerts.
-  For ``M == "template"`` an anomaly with any enrichment row is not pending.
-- `save_enrichment` is idempotent (``ON CONFLICT (anomaly_id, model) DO NOTHING``) and reports
+  final for that event, so a failing provider never makes later runs re-spend on old alerts.
+  For ``M == "template"`` an event with any enrichment row is not pending.
+- `save_enrichment` is idempotent (``ON CONFLICT (episode_id, seq, model) DO NOTHING``) and reports
   whether it inserted, so concurrent runs never publish the same enrichment twice.
+- `alert_events_after` is the sensor's cursor walk over `alert_events.id` (same event filter).
+- Static SQL with ``$n`` parameters only; timestamps travel as epoch milliseconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from mw_core.adapters.postgres.anomalies import anomaly_from_row
+from mw_core.adapters.postgres.episodes import event_from_row
 from mw_core.enrich.prompt import HEADLINE_WINDOW_S, HeadlineRef
-from mw_core.models import Anomaly
+from mw_core.markets.episodes import EpisodeEvent
 
 TEMPLATE_MODEL = "template"
 
@@ -28,7 +32,8 @@ TEMPLATE_MODEL = "template"
 class StoredEnrichment:
     """One `alert_enrichments` row."""
 
-    anomaly_id: int
+    episode_id: str
+    seq: int
     model: str
     summary: str
     is_template: bool
@@ -39,7 +44,8 @@ class StoredEnrichment:
 
 def _stored(r: asyncpg.Record) -> StoredEnrichment:
     return StoredEnrichment(
-        anomaly_id=int(r["anomaly_id"]),
+        episode_id=r["episode_id"],
+        seq=int(r["seq"]),
         model=r["model"],
         summary=r["summary"],
         is_template=bool(r["is_template"]),
@@ -49,18 +55,37 @@ def _stored(r: asyncpg.Record) -> StoredEnrichment:
     )
 
 
-_PENDING = """
-SELECT a.id, a.symbol, (extract(epoch FROM a.ts) * 1000)::int8 AS ts_ms, a.window_s, a.ret, a.direction,
-       a.price, a.threshold, a.volatility, a.ref_price, (extract(epoch FROM a.ref_ts) * 1000)::int8 AS ref_ts_ms
-FROM anomalies a
-WHERE NOT EXISTS (
+# The columns `event_from_row` reads, from `alert_events` aliased `ev`.
+_EVENT_SELECT = """
+SELECT ev.id, ev.episode_id, ev.seq, ev.kind, ev.symbol, (extract(epoch FROM ev.ts) * 1000)::int8 AS ts_ms,
+       ev.window_s, ev.ret, ev.direction, ev.price, ev.threshold, ev.ref_price,
+       (extract(epoch FROM ev.ref_ts) * 1000)::int8 AS ref_ts_ms, ev.peak_ret, ev.peak_window_s,
+       ev.extreme_price, (extract(epoch FROM ev.opened_at) * 1000)::int8 AS opened_ms, ev.summary
+FROM alert_events ev
+WHERE ev.kind IN ('open', 'escalate') AND ev.published_at IS NOT NULL
+"""
+
+_PENDING = (
+    _EVENT_SELECT
+    + """
+  AND NOT EXISTS (
     SELECT 1 FROM alert_enrichments e
-    WHERE e.anomaly_id = a.id
+    WHERE e.episode_id = ev.episode_id AND e.seq = ev.seq
       AND (e.model = $2 OR ($2 = 'template') OR (e.model = 'template' AND NOT $3::bool))
-)
-ORDER BY a.ts DESC, a.id DESC
+  )
+ORDER BY ev.ts DESC, ev.id DESC
 LIMIT $1
 """
+)
+
+_AFTER_ID = (
+    _EVENT_SELECT
+    + """
+  AND ev.id > $1
+ORDER BY ev.id
+LIMIT $2
+"""
+)
 
 _HEADLINES = """
 SELECT title, source, published, sentiment
@@ -72,26 +97,33 @@ ORDER BY abs(extract(epoch FROM published) * 1000 - $2::int8), published, id
 LIMIT $4
 """
 
-_CACHED = """
-SELECT anomaly_id, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms
-FROM alert_enrichments WHERE anomaly_id = $1 AND model = $2
+_COLUMNS = "episode_id, seq, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms"
+
+_CACHED = f"SELECT {_COLUMNS} FROM alert_enrichments WHERE episode_id = $1 AND seq = $2 AND model = $3"
+
+_OF_EPISODE = f"SELECT {_COLUMNS} FROM alert_enrichments WHERE episode_id = $1 ORDER BY seq, model"
+
+_INSERT = f"""
+INSERT INTO alert_enrichments ({_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (episode_id, seq, model) DO NOTHING
+RETURNING seq
 """
 
-_INSERT = """
-INSERT INTO alert_enrichments
-    (anomaly_id, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (anomaly_id, model) DO NOTHING
-RETURNING anomaly_id
-"""
 
-
-async def pending_anomalies(
+async def pending_events(
     pool: asyncpg.Pool, *, limit: int, model: str, retry_templates: bool = False
-) -> list[tuple[int, Anomaly]]:
-    """Up to `limit` ``(anomaly id, Anomaly)`` still to enrich with `model`, newest first."""
-    rows = await pool.fetch(_PENDING, limit, model, retry_templates)
-    return [(int(r["id"]), anomaly_from_row(r)) for r in rows]
+) -> list[EpisodeEvent]:
+    """Up to `limit` published open / escalate events still to enrich with `model`, newest first."""
+    return [event_from_row(r) for r in await pool.fetch(_PENDING, limit, model, retry_templates)]
+
+
+async def alert_events_after(
+    pool: asyncpg.Pool, *, after_id: int, limit: int
+) -> list[tuple[int, EpisodeEvent]]:
+    """Up to `limit` ``(alert_events.id, event)`` of published open / escalate events with
+    ``id > after_id``, oldest first (the sensor's cursor walk)."""
+    return [(int(r["id"]), event_from_row(r)) for r in await pool.fetch(_AFTER_ID, after_id, limit)]
 
 
 async def headlines_for(
@@ -110,16 +142,19 @@ async def headlines_for(
     ]
 
 
-async def cached_enrichment(pool: asyncpg.Pool, *, anomaly_id: int, model: str) -> StoredEnrichment | None:
-    """The stored enrichment of `anomaly_id` by `model`, if any."""
-    r = await pool.fetchrow(_CACHED, anomaly_id, model)
+async def cached_enrichment(
+    pool: asyncpg.Pool, *, episode_id: str, seq: int, model: str
+) -> StoredEnrichment | None:
+    """The stored enrichment of event ``(episode_id, seq)`` by `model`, if any."""
+    r = await pool.fetchrow(_CACHED, episode_id, seq, model)
     return _stored(r) if r is not None else None
 
 
 async def save_enrichment(
     pool: asyncpg.Pool,
     *,
-    anomaly_id: int,
+    episode_id: str,
+    seq: int,
     model: str,
     summary: str,
     is_template: bool,
@@ -127,33 +162,21 @@ async def save_enrichment(
     completion_tokens: int = 0,
     latency_ms: float | None = None,
 ) -> bool:
-    """Insert one enrichment; False when (anomaly_id, model) was already stored (nothing changes)."""
+    """Insert one enrichment; False when (episode_id, seq, model) was already stored (nothing changes)."""
     inserted = await pool.fetchval(
-        _INSERT, anomaly_id, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms
+        _INSERT,
+        episode_id,
+        seq,
+        model,
+        summary,
+        is_template,
+        prompt_tokens,
+        completion_tokens,
+        latency_ms,
     )
     return inserted is not None
 
 
-async def enrichments_for(pool: asyncpg.Pool, anomaly_ids: Sequence[int]) -> list[StoredEnrichment]:
-    """All stored enrichments of the given anomalies, by anomaly id then model."""
-    rows = await pool.fetch(
-        """
-        SELECT anomaly_id, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms
-        FROM alert_enrichments WHERE anomaly_id = ANY($1::int8[]) ORDER BY anomaly_id, model
-        """,
-        list(anomaly_ids),
-    )
-    return [_stored(r) for r in rows]
-
-
-_AFTER_ID = """
-SELECT id, symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s, ret, direction, price,
-       threshold, volatility, ref_price, (extract(epoch FROM ref_ts) * 1000)::int8 AS ref_ts_ms
-FROM anomalies WHERE id > $1 ORDER BY id LIMIT $2
-"""
-
-
-async def anomalies_after(pool: asyncpg.Pool, *, after_id: int, limit: int) -> list[tuple[int, Anomaly]]:
-    """Up to `limit` ``(id, Anomaly)`` with ``id > after_id``, oldest first (the sensor's cursor walk)."""
-    rows = await pool.fetch(_AFTER_ID, after_id, limit)
-    return [(int(r["id"]), anomaly_from_row(r)) for r in rows]
+async def enrichments_of(pool: asyncpg.Pool, episode_id: str) -> list[StoredEnrichment]:
+    """All stored enrichments of one episode, by seq then model."""
+    return [_stored(r) for r in await pool.fetch(_OF_EPISODE, episode_id)]

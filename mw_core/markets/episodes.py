@@ -23,13 +23,21 @@ Contract (event time only, so the stream, the batch path and `mw backtest` agree
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from mw_core.models import Anomaly, Direction, ms_to_dt
 
-__all__ = ["EpisodeEvent", "EpisodePolicy", "EpisodeState", "EventKind", "episode_id"]
+__all__ = [
+    "EpisodeEvent",
+    "EpisodePolicy",
+    "EpisodeState",
+    "EventKind",
+    "alert_json",
+    "alert_order",
+    "episode_id",
+]
 
 EventKind = Literal["open", "escalate", "close"]
 
@@ -82,6 +90,36 @@ class EpisodeEvent:
     @property
     def key(self) -> tuple[str, int]:
         return (self.episode_id, self.seq)
+
+
+def alert_json(event: EpisodeEvent | Mapping[str, Any]) -> dict[str, Any]:
+    """One entry of the ``"alerts"`` list of `mw replay --json` and `mw backtest --json`.
+
+    Accepts an `EpisodeEvent` or the body of an `alerts` topic record (`codec.encode_event`), so
+    both commands print the same shape: ``{"symbol", "ts", "kind", "window_s", "ret", "direction",
+    "episode_id", "seq"}`` with ``ts`` ISO-8601 UTC (``2024-08-05T01:07:59.999Z``) and ``ret``
+    rounded to 6 decimals (like the anomalies).
+    """
+
+    def get(name: str) -> Any:
+        return event[name] if isinstance(event, Mapping) else getattr(event, name)
+
+    return {
+        "symbol": str(get("symbol")),
+        # Fixed width (milliseconds always shown), so the text sorts like the time.
+        "ts": ms_to_dt(int(get("ts"))).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "kind": str(get("kind")),
+        "window_s": int(get("window_s")),
+        "ret": round(float(get("ret")), 6),
+        "direction": str(get("direction")),
+        "episode_id": str(get("episode_id")),
+        "seq": int(get("seq")),
+    }
+
+
+def alert_order(alert: Mapping[str, Any]) -> tuple[str, str, int]:
+    """Sort key of `alert_json` entries: (ts, symbol, seq); ISO times of one format sort as text."""
+    return (str(alert["ts"]), str(alert["symbol"]), int(alert["seq"]))
 
 
 def _pct(x: float) -> str:

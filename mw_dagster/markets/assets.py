@@ -38,11 +38,11 @@ anomalies = dg.AssetSpec(
     deps=[prices],
     description=(
         "Anomalies the streaming processor detects as the ticks arrive (window returns over their "
-        "thresholds, one per symbol per cooldown), stored in PostgreSQL `anomalies` and published to "
-        "the alerts topic. On start-up the processor rehydrates its windows from `prices`. External "
-        "to Dagster: `new_anomalies_sensor` watches it, `price_anomalies` reconciles it in batch."
+        "thresholds, one per symbol per cooldown), stored in PostgreSQL `anomalies`. On start-up the "
+        "processor rehydrates its windows from `prices`. External to Dagster: "
+        "`new_anomalies_sensor` watches it, `price_anomalies` reconciles it in batch."
     ),
-    kinds={"postgres", "kafka"},
+    kinds={"postgres"},
 )
 
 

@@ -5,6 +5,10 @@ Contract:
   configured only through ``MW_*`` environment variables, in its own working directory (so no
   stray ``.env`` is read). Output goes to files that the tests scan afterwards. `kill()` signals
   the whole process group; `stop()` is the graceful SIGTERM path with a SIGKILL fallback.
+- The `alerts` topic carries episode events (`codec.encode_event`); `event_key` is their identity
+  ``(episode_id, seq)``, at most once on the topic. `stored_events` reads the outbox
+  (`alert_events`) with the same body the processor publishes, so a run's topic and its database
+  compare field for field, and two runs compare with each other.
 - `read_topic` reads every partition of a topic up to the high watermark reported by the fetch
   responses (Tansu's `end_offsets` is wrong for multi-record batches, the fetch high watermark is
   right), so it needs no expected count.
@@ -60,6 +64,9 @@ def processor_env(settings: Settings, **extra: str) -> dict[str, str]:
             "MW_BATCH_MAX_RECORDS": str(settings.batch_max_records),
             "MW_BATCH_TIMEOUT_MS": str(settings.batch_timeout_ms),
             "MW_STATE_DIR": str(settings.state_dir),
+            "MW_EPISODES_ENABLED": str(settings.episodes_enabled).lower(),
+            "MW_EPISODE_ESCALATION_STEP": str(settings.episode_escalation_step),
+            "MW_EPISODE_QUIET_S": str(settings.episode_quiet_s),
             "MW_LLM_PROVIDER": "template",
             "MW_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
@@ -297,5 +304,25 @@ async def anomaly_keys(url: str) -> list[tuple[str, int, int]]:
     return [(r["symbol"], int(r["ts_ms"]), int(r["window_s"])) for r in rows]
 
 
-def alert_key(alert: Mapping[str, Any]) -> tuple[str, int, int]:
-    return (str(alert["symbol"]), int(alert["ts"]), int(alert["window_s"]))
+def event_key(alert: Mapping[str, Any]) -> tuple[str, int]:
+    """The identity of an episode event on the `alerts` topic: ``(episode_id, seq)``."""
+    return (str(alert["episode_id"]), int(alert["seq"]))
+
+
+def event_body(alert: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Every field of an `alerts` record, hashable: two runs must publish identical events."""
+    return tuple(sorted(alert.items()))
+
+
+async def stored_events(url: str, *, unpublished: bool = False) -> list[dict[str, Any]]:
+    """The outbox (`alert_events`), each row as the `alerts` record it is published as."""
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        rows = await unpublished_events(pool, limit=1_000_000) if unpublished else None
+        if rows is not None:
+            return [orjson.loads(codec.encode_event(e)[1]) for _, e in rows]
+        found = await fetch(url, "SELECT id FROM alert_events")
+        del found
+        return []
+    finally:
+        await pool.close()

@@ -19,6 +19,7 @@ import pytest
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
+from mw_core.adapters.postgres.schema import SCHEMA_VERSION
 from mw_core.local.ports import free_port
 from mw_dagster.infra.health import report_service_health
 from tests.dagster.helpers import BIN, ROOT, dagster_env, fresh_database, make_dagster_home, stop_group
@@ -175,7 +176,7 @@ def test_launch_db_schema_through_graphql_and_read_it_back(dagster_stack: str) -
     (materialization,) = history["assetOrError"]["assetMaterializations"]
     assert materialization["runId"] == run_id
     entries = {e["label"]: e for e in materialization["metadataEntries"]}
-    assert entries["schema_version"]["intValue"] == 1 and "timescale" in entries
+    assert entries["schema_version"]["intValue"] == SCHEMA_VERSION and "timescale" in entries
 
     # A long-lived service reports its health over HTTP (no Dagster instance in that process).
     report_service_health(url, service="processor", status="ok", metrics={"ticks_per_minute": 300})
