@@ -21,10 +21,15 @@ def processor(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Produce N ticks for S symbols, run the processor to completion, report throughput and latency."""
+    from mw_core.local.runtime import ensure_infra
     from mw_core.processor.benchmark import run_processor_bench
 
     settings = settings_or_exit(log_level="WARNING")
-    result = run_processor_bench(settings, ticks=ticks, symbols=symbols, rate=rate)
+    infra = ensure_infra(settings, stop_postgres=True)
+    try:
+        result = run_processor_bench(infra.settings, ticks=ticks, symbols=symbols, rate=rate)
+    finally:
+        infra.close()
     if as_json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:

@@ -23,7 +23,6 @@ from mw_core.adapters import bus
 from mw_core.adapters.postgres.pool import create_pool
 from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.config import Settings
-from mw_core.local.runtime import ensure_infra
 from mw_core.processor.service import Processor, tune_gc
 
 
@@ -156,8 +155,5 @@ async def _bench(settings: Settings, ticks: int, symbols: int, rate: float) -> d
 
 
 def run_processor_bench(settings: Settings, *, ticks: int, symbols: int, rate: float = 0.0) -> dict[str, Any]:
-    infra = ensure_infra(settings, stop_postgres=True)
-    try:
-        return asyncio.run(_bench(infra.settings, ticks, symbols, rate))
-    finally:
-        infra.close()
+    """Run the benchmark on the servers `settings` name (the CLI resolves embedded ones first)."""
+    return asyncio.run(_bench(settings, ticks, symbols, rate))

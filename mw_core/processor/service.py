@@ -15,7 +15,7 @@ Contract (at-least-once with idempotent writes):
    whose `published_at` is NULL in `alert_events` (the outbox) go to `alerts` and are then marked
    published. Outbox rows a previous owner left unmarked (it died
    between the send and the mark) are first looked up in `alerts`: found ones are only marked, so
-   a crash never publishes an alert twice (effectively once; see `_skip_already_sent`).
+   a crash never publishes an alert twice (effectively once; see `mw_core.processor.outbox`).
 7. Only then are the batch's offsets committed. A crash anywhere replays at most the uncommitted
    batch; `ON CONFLICT` keys absorb the replay, and rehydration rebuilds identical window state.
 """
@@ -42,7 +42,6 @@ from mw_core.adapters.postgres.anomalies import insert_anomalies, last_anomaly_t
 from mw_core.adapters.postgres.episodes import (
     detections_before,
     insert_events,
-    mark_events_published,
     price_extremes,
     unpublished_events,
 )
@@ -62,6 +61,7 @@ from mw_core.markets.analysis import Analysis, Analyzer
 from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.markets.window_math import metric_rows
 from mw_core.models import Anomaly, DeadLetter, Tick
+from mw_core.processor.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,6 @@ TICKS_IN = Counter("mw_processor_ticks_in_total", "Records consumed from the pri
 TICKS_STORED = Counter("mw_processor_ticks_stored_total", "Valid ticks written to PostgreSQL")
 DLQ = Counter("mw_processor_dlq_total", "Records sent to the dead-letter topic", ["reason"])
 ANOMALIES = Counter("mw_processor_anomalies_total", "Anomalies detected")
-ALERTS = Counter("mw_processor_alerts_published_total", "Alerts published")
-ALERTS_ALREADY_SENT = Counter(
-    "mw_processor_alerts_already_sent_total",
-    "Unmarked outbox rows found already published by a dead owner (marked, not re-sent)",
-)
 DB_WRITE = Histogram(
     "mw_processor_batch_write_seconds",
     "Latency of one batch write to PostgreSQL",
@@ -81,11 +76,6 @@ DB_WRITE = Histogram(
 )
 DB_FAILURES = Counter("mw_processor_db_write_failures_total", "Failed batch writes (retried)")
 LAG = Gauge("mw_processor_consumer_lag", "Records behind the high watermark", ["partition"])
-TICK_TO_ALERT = Histogram(
-    "mw_processor_tick_to_alert_seconds",
-    "From the tick's Kafka timestamp to its alert being published",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
 
 
 @dataclass
@@ -168,9 +158,12 @@ class Processor:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._queue: asyncio.Queue[_Prepared | None] | None = None
-        # Keys of outbox rows found unpublished when their symbol was rehydrated: a dead previous
-        # owner may have sent them already (see `_skip_already_sent`).
-        self._unconfirmed: set[tuple[str, int]] = set()
+        self.outbox = Outbox(
+            settings,
+            db=self._with_db_retry,
+            send=self._send_all,
+            latencies_ms=self.stats.alert_latencies_ms if record_latencies else None,
+        )
         self._max_window_s = max(settings.windows_s)
         # How far back a restart looks for the detections of a still-open episode.
         self._episode_lookback_s = max(86_400, 4 * settings.episode_quiet_s)
@@ -309,7 +302,7 @@ class Processor:
         self.episodes.drop(gone)
         if gone:
             dropped = set(gone)
-            self._unconfirmed = {k for k in self._unconfirmed if k[0].rsplit("-", 1)[0] not in dropped}
+            self.outbox.forget(dropped)
             log.info(
                 "dropped window state of %d symbols (partitions %s revoked)", len(gone), sorted(partitions)
             )
@@ -321,7 +314,7 @@ class Processor:
         history = await self._with_db_retry(recent_prices, self._pool, before, lookback_s=self._max_window_s)
         cooldowns = await self._with_db_retry(last_anomaly_ts, self._pool, before)
         orphans = await self._with_db_retry(unpublished_events, self._pool, limit=10_000, symbols=list(cold))
-        self._unconfirmed.update(e.key for _, e in orphans)
+        self.outbox.suspect(e.key for _, e in orphans)
         # Open episodes are rebuilt like the cooldown: from the stored raw detections before the
         # batch, then their extreme price from the stored prices the episode has seen.
         detections = await self._with_db_retry(
@@ -437,7 +430,8 @@ class Processor:
         if b.dead:
             await self._dead_letters(b.dead)
         if b.outbox_symbols:
-            await self._publish_outbox(b.outbox_symbols, b.anomaly_times)
+            assert self._pool is not None
+            self.stats.alerts += await self.outbox.publish(self._pool, b.outbox_symbols, b.anomaly_times)
         await self._commit(b.offsets)
         self.stats.batches += 1
         self.stats.stored += len(b.ticks)
@@ -561,98 +555,6 @@ class Processor:
             reasons,
             dead[0].detail[:200],
         )
-
-    async def _publish_outbox(self, symbols: list[str], anomaly_times: dict[tuple[str, int], int]) -> None:
-        """Publish unpublished episode events of the symbols this member owns, then mark them."""
-        assert self._pool is not None and self._producer is not None
-        rows = await self._with_db_retry(unpublished_events, self._pool, limit=10_000, symbols=symbols)
-        if rows and self._unconfirmed:
-            rows = await self._skip_already_sent(rows)
-        if not rows:
-            return
-        await self._send_all(self.settings.topic_alerts, [codec.encode_event(e) for _, e in rows])
-        now = time.time()
-        for _, e in rows:
-            kafka_ts = anomaly_times.get((e.symbol, e.ts))
-            if kafka_ts is not None and kafka_ts > 0:
-                latency = max(0.0, now - kafka_ts / 1000)
-                TICK_TO_ALERT.observe(latency)
-                if self._record_latencies:
-                    self.stats.alert_latencies_ms.append(latency * 1000)
-        await self._with_db_retry(mark_events_published, self._pool, [i for i, _ in rows])
-        self.stats.alerts += len(rows)
-        ALERTS.inc(len(rows))
-        for _, e in rows[:20]:
-            log.info("ALERT %s #%d %s: %s", e.kind, e.seq, e.episode_id, e.summary)
-
-    async def _skip_already_sent(
-        self, rows: list[tuple[int, EpisodeEvent]]
-    ) -> list[tuple[int, EpisodeEvent]]:
-        """Mark, and drop from `rows`, the orphaned outbox rows whose event is already in `alerts`.
-
-        A row is orphaned when it was unpublished at rehydration: its previous owner may have died
-        after the Kafka send but before the `published_at` update. Only then is the alerts topic
-        read (once per recovery that finds orphans; never in steady state). If that read fails, the
-        rows are sent: a possible duplicate beats a lost alert.
-        """
-        assert self._pool is not None
-        suspects = {e.key for _, e in rows if e.key in self._unconfirmed}
-        if not suspects:
-            return rows
-        self._unconfirmed -= suspects
-        try:
-            found = await self._alerts_in_topic(suspects)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning(
-                "could not read %s to check %d possibly published alerts (%s: %s); sending them",
-                self.settings.topic_alerts,
-                len(suspects),
-                type(exc).__name__,
-                exc,
-            )
-            return rows
-        if not found:
-            return rows
-        await self._with_db_retry(mark_events_published, self._pool, [i for i, e in rows if e.key in found])
-        ALERTS_ALREADY_SENT.inc(len(found))
-        log.warning(
-            "%d alerts were already in %s (their previous owner died before marking them): "
-            "marked published, not sent again",
-            len(found),
-            self.settings.topic_alerts,
-        )
-        return [(i, e) for i, e in rows if e.key not in found]
-
-    async def _alerts_in_topic(self, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which of `keys` have an alert in the alerts topic (every partition read to its end)."""
-        topic = self.settings.topic_alerts
-        consumer = bus.consumer(self.settings, group_id=None)
-        await consumer.start()
-        try:
-            await consumer.topics()  # refresh metadata
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-            if not tps:
-                return set()
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            found: set[tuple[str, int]] = set()
-            deadline = time.monotonic() + 60
-            while found != keys:
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for rec in records:
-                        key = codec.event_key(rec.value)
-                        if key in keys:
-                            found.add(key)
-                # The high watermark of fetch responses is exact (Tansu's `end_offsets` is not).
-                at_end = [(consumer.highwater(tp), await consumer.position(tp)) for tp in tps]
-                if not batch and all(hw is not None and pos >= hw for hw, pos in at_end):
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{topic} not read to its end within 60 s")
-            return found
-        finally:
-            await consumer.stop()
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None

@@ -60,8 +60,10 @@ def price_anomalies(context: AssetExecutionContext, postgres: PostgresResource) 
     Reads the day's ticks plus the longest window before it (warm-up) in one set-based query, runs
     the analysis path the streaming processor runs (`mw_core.markets.analysis`: same admission,
     windows, thresholds and cooldown from `Settings`, cooldown seeded from the alerts before the
-    day) and replaces the day's rows atomically, so re-runs and backfills are idempotent. The
-    metadata compares the result with the stream's `anomalies` table for the same day.
+    day) and replaces the day's rows atomically, so re-runs and backfills are idempotent. The same
+    pass runs the episode policy (open episodes rebuilt from the detections before the day). The
+    metadata compares the detections with the stream's `anomalies` and the alerts (episode opens
+    and escalations) with the stream's `alert_events` for the same day.
     """
     settings = build_settings(postgres=postgres)
     pdef = price_anomalies_partitions
@@ -95,6 +97,24 @@ def partition_metadata(days: list[PartitionRun]) -> dict[str, dg.MetadataValue |
     found = [a for d in days for a in d.anomalies]
     coverage = [c for d in days for c in d.coverage]
     agreement = Agreement.total([d.agreement for d in days])
+    episodes = Agreement.total([d.episode_agreement for d in days])
+    events = [e for d in days for e in d.events]
+    alerts = [e for e in events if e.kind != "close"]
+    alerts_table = md_table(
+        ["time (UTC)", "symbol", "event", "episode", "window", "return", "price"],
+        [
+            (
+                iso_ms(e.ts),
+                e.symbol,
+                f"{e.kind} #{e.seq}",
+                e.episode_id,
+                f"{e.window_s}s",
+                f"{e.ret * 100:+.2f}%",
+                f"{e.price:g}",
+            )
+            for e in sorted(events, key=lambda e: (e.ts, e.symbol, e.seq))[:PREVIEW_ROWS]
+        ],
+    )
     by_window = Counter(a.window_s for a in found)
     by_symbol = Counter(a.symbol for a in found)
     preview = sorted(found, key=lambda a: (a.ts, a.symbol, a.window_s))[:PREVIEW_ROWS]
@@ -129,6 +149,16 @@ def partition_metadata(days: list[PartitionRun]) -> dict[str, dg.MetadataValue |
         "agreement_stream_only": agreement.stream_only,
         "agreement_ratio": round(agreement.ratio, 4),
         "stream_anomalies": agreement.stream_total,
+        "episodes_opened": sum(1 for e in events if e.kind == "open"),
+        "alerts_raised": len(alerts),
+        "alerts_by_symbol": dg.MetadataValue.json(dict(Counter(e.symbol for e in alerts).most_common(10))),
+        "episode_events": dg.MetadataValue.md(
+            alerts_table if events else "_no episode events in this partition_"
+        ),
+        "episode_agreement_both": episodes.both,
+        "episode_agreement_batch_only": episodes.batch_only,
+        "episode_agreement_stream_only": episodes.stream_only,
+        "episode_agreement_ratio": round(episodes.ratio, 4),
         "read_s": round(sum(d.read_s for d in days), 3),
         "detect_s": round(sum(d.detect_s for d in days), 3),
         "write_s": round(sum(d.write_s for d in days), 3),

@@ -111,6 +111,11 @@ def test_crash_day_batch_agrees_with_the_stream(settings: Settings, db_url: str)
     assert meta["agreement_ratio"] == 1.0
     assert meta["agreement_both"] == found and meta["agreement_batch_only"] == 0
     assert meta["agreement_stream_only"] == 0
+    # Episodes: the same policy in stream and batch gives the same alerts, and far fewer of them.
+    raised = int(meta["alerts_raised"])  # type: ignore[call-overload]
+    assert 3 <= raised <= 3 * 6 < found
+    assert meta["episode_agreement_ratio"] == 1.0 and meta["episode_agreement_both"] == raised
+    assert "open #1" in str(meta["episode_events"])
     assert "BTCUSDT" in str(meta["preview"]) and "| 2024-08-05 01:10:59 |" in str(meta["preview"])
     check = _checks(result)["price_anomalies_agreement"]
     assert check.passed, check.description
