@@ -1,12 +1,12 @@
 """`mw backtest`: THE analysis + episode code over recorded klines or stored prices, no services.
 
 Contract:
-- Ticks: from kline dumps exactly as `mw replay` serves them (one tick per kline, ``ts`` = close
-  time, ``price`` = close; per symbol by open time, a later file wins a duplicate open time; prices
-  above ``max_price`` are dropped like the ingest/processor do), or from `prices` for
-  ``[start, end)`` plus the warm-up the analysis needs before ``start`` (the longest window, plus
-  the adaptive baseline's lookback in adaptive mode), read in one set-based query
-  (`batch.partition.load_partition`).
+- Ticks: from kline dumps exactly as `mw replay` serves them: one tick per kline, ``ts`` = close
+  time, ``price`` = close as sent (8 decimals); per symbol by open time, a later file wins a
+  duplicate open time; prices above ``max_price`` are dropped like the ingest/processor do. Or
+  from `prices` for ``[start, end)`` plus the warm-up the analysis needs before ``start`` (the
+  longest window, plus the adaptive baseline's lookback in adaptive mode), read in one set-based
+  query (`batch.partition.load_partition`).
 - Analysis: `batch.partition.detect_partition` (windows, detector, adaptive thresholds, episode
   policy: the code the processor runs) from a cold start: no cooldown or episode is seeded from
   stored detections, so a configuration is judged on its own and the same ticks give the same
@@ -47,10 +47,13 @@ from mw_core.replay.klines import Kline, read_sources
 
 __all__ = [
     "DEFAULT_MOVE_PCT",
+    "BacktestOptions",
     "BacktestRun",
     "backtest_day",
+    "backtest_db",
     "backtest_files",
     "backtest_range",
+    "day_bounds",
     "parse_overrides",
     "prices_from_files",
     "run_backtest",
@@ -137,9 +140,7 @@ def _series(symbol: str, pairs: list[tuple[int, float]]) -> SymbolSeries:
     return SymbolSeries(symbol, [], pairs, len({ts // 60_000 for ts, _ in pairs}))
 
 
-def prices_from_files(
-    sources: Sequence[str | Path], *, max_price: float, symbols: Sequence[str] | None = None
-) -> PartitionPrices:
+def prices_from_files(sources: Sequence[str | Path], *, max_price: float) -> PartitionPrices:
     """The ticks `mw replay` produces for these dumps (see module docstring), per symbol.
 
     Raises:
@@ -150,13 +151,12 @@ def prices_from_files(
         rows = by_symbol.setdefault(f.symbol, {})
         for k in f.klines:
             rows[k.open_time] = k
-    wanted = set(symbols) if symbols else None
     series: list[SymbolSeries] = []
     for symbol in sorted(by_symbol):
-        if wanted is not None and symbol not in wanted:
-            continue
         rows = by_symbol[symbol]
-        pairs = [(rows[t].close_time, rows[t].close) for t in sorted(rows) if rows[t].close <= max_price]
+        # The replay server sends ``c`` with 8 decimals (`replay.server.mini_ticker_event`).
+        closes = ((rows[t].close_time, float(f"{rows[t].close:.8f}")) for t in sorted(rows))
+        pairs = [(ts, price) for ts, price in closes if price <= max_price]
         series.append(_series(symbol, pairs))
     ticks = [ts for s in series for ts, _ in s.ticks]
     start = min(ticks, default=0)
@@ -186,7 +186,7 @@ class BacktestRun:
         return _config(self.settings, self.overrides, self.move_pct)
 
     def summary(self) -> dict[str, Any]:
-        """Headline numbers (Dagster metadata, the CLI caption)."""
+        """Headline numbers (e.g. Dagster metadata): volume, recall, timing."""
         return {**summarize(self.days), "seconds": round(self.seconds, 3)}
 
     def day_rows(self) -> list[dict[str, Any]]:
@@ -216,26 +216,41 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class BacktestOptions:
+    """What a backtest varies besides its ticks and base settings."""
+
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # --set: field name -> value
+    compare: Mapping[str, Any] | None = None  # --compare: a second run with overrides + these
+    symbols: Sequence[str] | None = None  # only these symbols (None: all)
+    move_pct: float = DEFAULT_MOVE_PCT
+
+    def configurations(self, settings: Settings) -> list[tuple[Settings, dict[str, Any]]]:
+        """(settings, overrides) of the run and, with `compare`, of the second run.
+
+        Raises:
+            ConfigError: An override is invalid.
+        """
+        runs = [dict(self.overrides)]
+        if self.compare is not None:
+            runs.append({**self.overrides, **self.compare})
+        return [(with_overrides(settings, o), o) for o in runs]
+
+
 def run_backtest(
-    data: PartitionPrices,
-    settings: Settings,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    compare: Mapping[str, Any] | None = None,
-    move_pct: float = DEFAULT_MOVE_PCT,
+    data: PartitionPrices, settings: Settings, options: BacktestOptions | None = None
 ) -> BacktestRun:
-    """Analyse `data` with `settings` + `overrides` (and, when given, + `compare` as well).
+    """Analyse `data` with `settings` + overrides (and the `compare` configuration when given).
 
     Raises:
         ConfigError: An override is invalid.
     """
-    base = dict(overrides or {})
-    first = _run(data, with_overrides(settings, base), base, move_pct)
-    if compare is None:
-        return first
-    both = {**base, **compare}
-    second = _run(data, with_overrides(settings, both), both, move_pct)
-    return replace(first, compare=second)
+    options = options or BacktestOptions()
+    if options.symbols:
+        wanted = set(options.symbols)
+        data = replace(data, series=[s for s in data.series if s.symbol in wanted])
+    runs = [_run(data, s, o, options.move_pct) for s, o in options.configurations(settings)]
+    return runs[0] if len(runs) == 1 else replace(runs[0], compare=runs[1])
 
 
 def _run(
@@ -258,18 +273,17 @@ def _run(
 
 
 def backtest_files(
-    sources: Sequence[str | Path],
-    settings: Settings,
-    *,
-    symbols: Sequence[str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    compare: Mapping[str, Any] | None = None,
-    move_pct: float = DEFAULT_MOVE_PCT,
+    sources: Sequence[str | Path], settings: Settings, options: BacktestOptions | None = None
 ) -> BacktestRun:
-    """Backtest kline dumps (or ``sample``)."""
-    effective = with_overrides(settings, dict(overrides or {}))
-    data = prices_from_files(sources, max_price=effective.max_price, symbols=symbols)
-    return run_backtest(data, settings, overrides=overrides, compare=compare, move_pct=move_pct)
+    """Backtest kline dumps (or ``sample``).
+
+    Raises:
+        ConfigError: An override is invalid.
+        FileNotFoundError: A source does not exist.
+    """
+    options = options or BacktestOptions()
+    max_price = options.configurations(settings)[0][0].max_price
+    return run_backtest(prices_from_files(sources, max_price=max_price), settings, options)
 
 
 async def backtest_range(
@@ -278,27 +292,24 @@ async def backtest_range(
     *,
     start_ms: int,
     end_ms: int,
-    symbols: Sequence[str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    compare: Mapping[str, Any] | None = None,
-    move_pct: float = DEFAULT_MOVE_PCT,
+    options: BacktestOptions | None = None,
 ) -> BacktestRun:
     """Backtest the stored `prices` of ``[start_ms, end_ms)`` (one query, warm-up included)."""
-    configs = [with_overrides(settings, dict(overrides or {}))]
-    if compare is not None:
-        configs.append(with_overrides(settings, {**(overrides or {}), **compare}))
-    data = await load_partition(
-        pool, start_ms=start_ms, end_ms=end_ms, warmup_s=max(warmup_s(s) for s in configs)
-    )
-    if symbols:
-        wanted = set(symbols)
-        data = PartitionPrices(
-            start_ms=data.start_ms,
-            end_ms=data.end_ms,
-            series=[s for s in data.series if s.symbol in wanted],
-            rows_scanned=data.rows_scanned,
-        )
-    return run_backtest(data, settings, overrides=overrides, compare=compare, move_pct=move_pct)
+    options = options or BacktestOptions()
+    warmup = max(warmup_s(s) for s, _ in options.configurations(settings))
+    data = await load_partition(pool, start_ms=start_ms, end_ms=end_ms, warmup_s=warmup)
+    return run_backtest(data, settings, options)
+
+
+def backtest_db(
+    url: str, settings: Settings, *, start_ms: int, end_ms: int, options: BacktestOptions | None = None
+) -> BacktestRun:
+    """Synchronous `backtest_range` on a short-lived pool on the database at `url`."""
+
+    async def go(pool: asyncpg.Pool) -> BacktestRun:
+        return await backtest_range(pool, settings, start_ms=start_ms, end_ms=end_ms, options=options)
+
+    return run_with_pool(url, go, max_size=1)
 
 
 def day_bounds(day: date | str) -> tuple[int, int]:
@@ -309,31 +320,12 @@ def day_bounds(day: date | str) -> tuple[int, int]:
 
 
 def backtest_day(
-    url: str,
-    settings: Settings,
-    day: date | str,
-    *,
-    symbols: Sequence[str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    compare: Mapping[str, Any] | None = None,
-    move_pct: float = DEFAULT_MOVE_PCT,
+    url: str, settings: Settings, day: date | str, options: BacktestOptions | None = None
 ) -> BacktestRun:
-    """Synchronous backtest of one UTC day partition from the database at `url` (for Dagster).
+    """Synchronous backtest of one UTC day partition (``2024-08-05``) from the database (Dagster).
 
-    ``run.days`` is the per-symbol table, ``run.summary()`` the headline numbers.
+    ``run.days`` is the per-symbol table (`backtest_report.COLUMNS`), ``run.summary()`` the
+    headline numbers; with ``options.compare``, ``run.compare`` holds the second configuration.
     """
     start_ms, end_ms = day_bounds(day)
-
-    async def go(pool: asyncpg.Pool) -> BacktestRun:
-        return await backtest_range(
-            pool,
-            settings,
-            start_ms=start_ms,
-            end_ms=end_ms,
-            symbols=symbols,
-            overrides=overrides,
-            compare=compare,
-            move_pct=move_pct,
-        )
-
-    return run_with_pool(url, go, max_size=1)
+    return backtest_db(url, settings, start_ms=start_ms, end_ms=end_ms, options=options)

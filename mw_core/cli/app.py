@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from mw_core.cli import bench, config, doctor, news, replay, services, stack
+from mw_core.cli import backtest, bench, config, doctor, news, replay, services, stack
 
 app = typer.Typer(
     help="Market Watch: real-time crypto market watch (Binance -> Kafka -> processor -> PostgreSQL, Dagster).",
@@ -23,6 +23,7 @@ app = typer.Typer(
 app.command()(services.ingest)
 app.command()(services.process)
 app.command()(replay.replay)
+app.command()(backtest.backtest)
 app.command()(doctor.doctor)
 app.command()(config.config)
 

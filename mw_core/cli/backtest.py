@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from mw_core.cli.common import console, out, settings_or_exit
 from mw_core.config import ConfigError, Settings
+
+if TYPE_CHECKING:  # the command imports the use case (pandas) when it runs, not `mw --help`
+    from mw_core.batch.backtest import BacktestRun
 
 __all__ = ["backtest"]
 
@@ -73,14 +76,17 @@ def backtest(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run the stream's analysis and alert episodes over recorded klines or stored prices."""
-    from mw_core.batch.backtest import backtest_files, backtest_range, parse_overrides
-    from mw_core.batch.partition import run_with_pool
+    from mw_core.batch.backtest import BacktestOptions, backtest_db, backtest_files, parse_overrides
 
     settings = settings_or_exit(log_level="WARNING" if as_json else None)
-    wanted = [s.strip().upper() for item in symbols or [] for s in item.split(",") if s.strip()] or None
+    wanted = [s.strip().upper() for item in symbols or [] for s in item.split(",") if s.strip()]
     try:
-        overrides = parse_overrides(set_ or [])
-        second = parse_overrides(compare) if compare else None
+        options = BacktestOptions(
+            overrides=parse_overrides(set_ or []),
+            compare=parse_overrides(compare) if compare else None,
+            symbols=wanted or None,
+            move_pct=move_pct,
+        )
         if from_db:
             if files:
                 raise typer.BadParameter("give FILES or --from-db, not both")
@@ -90,26 +96,11 @@ def backtest(
             if end_ms <= start_ms:
                 raise typer.BadParameter("--end must be after --start", param_hint="--end")
             url = _database_url(settings)
-
-            async def go(pool: Any) -> Any:
-                return await backtest_range(
-                    pool,
-                    settings,
-                    start_ms=start_ms,
-                    end_ms=end_ms,
-                    symbols=wanted,
-                    overrides=overrides,
-                    compare=second,
-                    move_pct=move_pct,
-                )
-
-            run = run_with_pool(url, go, max_size=1)
+            run = backtest_db(url, settings, start_ms=start_ms, end_ms=end_ms, options=options)
+        elif files:
+            run = backtest_files(files, settings, options)
         else:
-            if not files:
-                raise typer.BadParameter("give kline FILES (or `sample`), or --from-db --start --end")
-            run = backtest_files(
-                files, settings, symbols=wanted, overrides=overrides, compare=second, move_pct=move_pct
-            )
+            raise typer.BadParameter("give kline FILES (or `sample`), or --from-db --start --end")
     except (ConfigError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -154,7 +145,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 HEADERS = ["detect", "alerts", "1st lag", "max lag", "unalerted", "largest (alerted)", "worst h"]
 
 
-def _print(run: Any) -> None:
+def _print(run: BacktestRun) -> None:
     rows = run.day_rows()
     other = {(r["symbol"], r["day"]): r for r in run.compare.day_rows()} if run.compare else None
     title = (

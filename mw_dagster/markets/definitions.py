@@ -5,12 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from mw_dagster.markets.assets import anomalies, price_anomalies, prices
+from mw_dagster.markets.backtest import market_backtest
 from mw_dagster.markets.checks import CHECKS
 from mw_dagster.markets.jobs import price_anomalies_job
 from mw_dagster.markets.schedules import price_anomalies_schedule
 
 defs = dg.Definitions(
-    assets=[prices, anomalies, price_anomalies],
+    assets=[prices, anomalies, price_anomalies, market_backtest],
     asset_checks=CHECKS,
     jobs=[price_anomalies_job],
     schedules=[price_anomalies_schedule],

@@ -38,6 +38,7 @@ def test_assets_groups_and_lineage() -> None:
         "prices": "markets",
         "anomalies": "markets",
         "price_anomalies": "markets",
+        "market_backtest": "markets",
         "headlines": "news",
         "alert_enrichments": "alerts",
     }
@@ -50,6 +51,7 @@ def test_assets_groups_and_lineage() -> None:
     # `prices` and compares with `anomalies`; enrichment reads `anomalies` and `headlines`.
     assert parents("anomalies") == {"prices"}
     assert parents("price_anomalies") == {"prices", "anomalies"}
+    assert parents("market_backtest") == {"prices"}
     assert parents("alert_enrichments") == {"anomalies", "headlines"}
     assert not graph.get(dg.AssetKey("anomalies")).is_materializable  # written by the stream
     anomalies = graph.get(dg.AssetKey("price_anomalies"))
