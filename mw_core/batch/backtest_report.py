@@ -89,14 +89,36 @@ def _counts(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, str], int]:
     return {(str(s), str(d)): int(n) for (s, d), n in sizes.items()}
 
 
-def _move_lags(moves_ts: np.ndarray[Any, Any], alert_ts: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """Seconds from each move to the first alert at or after its window start; NaN if none."""
+def _move_lags(
+    moves_ts: np.ndarray[Any, Any], alert_ts: np.ndarray[Any, Any], open_spans: Sequence[tuple[int, int]] = ()
+) -> np.ndarray[Any, Any]:
+    """Seconds from each move to the first alert at or after its window start; NaN if none.
+
+    A move inside an episode that was already open (and so already alerted) at the move's time has
+    lag 0: the person is watching that episode, and the policy alerts again only on a materially
+    bigger move.
+    """
     if len(alert_ts) == 0:
         return np.full(len(moves_ts), np.nan)
     idx = np.searchsorted(alert_ts, moves_ts - MOVE_WINDOW_MS, side="left")
     found = idx < len(alert_ts)
     first = alert_ts[np.minimum(idx, len(alert_ts) - 1)]
-    return np.where(found, np.maximum(0, first - moves_ts) / 1000.0, np.nan)
+    lags = np.where(found, np.maximum(0, first - moves_ts) / 1000.0, np.nan)
+    for start, end in open_spans:
+        lags[(moves_ts >= start) & (moves_ts < end)] = 0.0
+    return lags
+
+
+def _episode_spans(events: Sequence[EpisodeEvent]) -> list[tuple[int, int]]:
+    """[open, close) of each episode of one symbol (still open: until the end of time)."""
+    opened: dict[str, int] = {}
+    closed: dict[str, int] = {}
+    for e in events:
+        if e.kind == "open":
+            opened[e.episode_id] = e.ts
+        elif e.kind == "close":
+            closed[e.episode_id] = e.ts
+    return [(t0, closed.get(eid, 1 << 62)) for eid, t0 in opened.items()]
 
 
 def _alert_near(ts: int, alert_ts: np.ndarray[Any, Any]) -> bool:
@@ -118,9 +140,10 @@ def _day_row(
     alert_ts: np.ndarray[Any, Any],
     alert_day: np.ndarray[Any, Any],
     move: float,
+    open_spans: Sequence[tuple[int, int]] = (),
 ) -> dict[str, Any]:
     moves = g[g["ret5"].abs() >= move]
-    lags = _move_lags(moves["ts"].to_numpy(), alert_ts)
+    lags = _move_lags(moves["ts"].to_numpy(), alert_ts, open_spans)
     row: dict[str, Any] = {
         "symbol": symbol,
         "day": day,
@@ -165,8 +188,9 @@ def day_table(
         symbol = series.symbol
         alert_ts = np.array(sorted(e.ts for e in alerts if e.symbol == symbol), dtype="int64")
         alert_day = _utc(alert_ts).strftime("%Y-%m-%d").to_numpy()
+        spans = _episode_spans([e for e in events if e.symbol == symbol])
         for day, g in five_minute_returns(series).groupby("day", sort=True):
-            row = _day_row(symbol, str(day), g, alert_ts, alert_day, move)
+            row = _day_row(symbol, str(day), g, alert_ts, alert_day, move, spans)
             key = (symbol, str(day))
             row["detections"] = detections.get(key, 0)
             row["opens"] = opens.get(key, 0)

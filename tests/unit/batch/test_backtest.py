@@ -158,9 +158,9 @@ def test_invalid_override_value_names_the_variable() -> None:
 # --- the report rules on a synthetic series ------------------------------------------------------------
 
 
-def event(ts: int, kind: str = "open", seq: int = 1) -> EpisodeEvent:
+def event(ts: int, kind: str = "open", seq: int = 1, opened: int | None = None) -> EpisodeEvent:
     return EpisodeEvent(
-        episode_id=f"XUSDT-{ts}",
+        episode_id=f"XUSDT-{ts if opened is None else opened}",
         seq=seq,
         kind=kind,  # type: ignore[arg-type]
         symbol="XUSDT",
@@ -186,17 +186,22 @@ def test_move_lag_largest_move_and_worst_hour() -> None:
     ticks = [(day0 + (i + 1) * MIN - 1, p) for i, p in enumerate(prices)]
     data = PartitionPrices(ticks[0][0], ticks[-1][0] + 1, [SymbolSeries("XUSDT", [], ticks, len(ticks))], 90)
     first_move, big_move = ticks[30][0], ticks[80][0]
+    opened = first_move + 30_000
     events = [
-        event(first_move + 30_000),
-        event(big_move - 100_000, "escalate", 2),
-        event(big_move, "close", 3),
+        event(opened),
+        event(big_move - 100_000, "escalate", 2, opened=opened),
+        event(big_move, "close", 3, opened=opened),
     ]
     row = day_table(data, [], events, move_pct=3).iloc[0]
     assert row["moves"] == 5 + 5  # each jump stays a 5-minute move for five ticks
     assert row["first_move_lag_s"] == 30.0
     # A move's window starts 5 min before it: the escalation 100 s before the big move counts for
-    # it (lag 0) and for the next three ticks, not for the fifth (its window starts after it).
+    # it (lag 0) and for the next three ticks, not for the fifth (its window starts after it, and
+    # the episode closed at the big move).
     assert row["max_move_lag_s"] == 30.0 and row["moves_unalerted"] == 1
+    # Without the close the episode is still open at the fifth tick: the person is watching it.
+    open_row = day_table(data, [], events[:2], move_pct=3).iloc[0]
+    assert open_row["moves_unalerted"] == 0 and open_row["max_move_lag_s"] == 30.0
     assert row["largest_move_pct"] == pytest.approx(100 * (110 / 104 - 1), abs=1e-3)
     assert bool(row["largest_move_alerted"]) is True  # the escalation is within 2 minutes
     assert (row["alerts"], row["opens"], row["escalations"]) == (2, 1, 1)  # the close is no alert
