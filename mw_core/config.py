@@ -101,9 +101,36 @@ class Settings(BaseSettings):
     )
     kafka_sasl_username: str | None = Field(None, description="Kafka SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password.")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM CA bundle that signed the brokers' certificates (SSL / SASL_SSL). Unset: system CAs."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None,
+        description="PEM client certificate (chain) for mutual TLS (SSL / SASL_SSL); the key may be in the "
+        "same file or in MW_KAFKA_SSL_KEYFILE.",
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of the client certificate (mutual TLS)."
+    )
+    kafka_ssl_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client private key (mutual TLS)."
+    )
+    kafka_replication_factor: int = Field(
+        1,
+        ge=1,
+        le=32767,
+        description="Replication factor of the topics Market Watch creates (1 locally, 3 recommended on "
+        "a cluster). Above 1, producers are idempotent and topics get min.insync.replicas = min(2, RF-1).",
+    )
     host: str = Field("127.0.0.1", description="Address every local server binds to.")
     broker_log: str = Field(
         "warn", description="Log filter (RUST_LOG) of the embedded Tansu broker, e.g. `info`, `debug`."
+    )
+    broker_max_memory_mb: int = Field(
+        256,
+        ge=32,
+        description="Memory cap (RSS, MB) of the embedded Tansu broker: `mw up` rolls it over (drain, "
+        "restart, resume; nothing lost) before it gets there.",
     )
     # Dagster's own name for it (dagster.yaml reads it too), hence no MW_ prefix.
     dagster_pg_url: SecretStr | None = Field(
@@ -204,6 +231,37 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(20.0, gt=0, description="Per-request LLM timeout.")
     llm_max_calls_per_run: int = Field(50, ge=0, description="Cap on LLM calls per enrichment run.")
     llm_max_tokens_per_run: int = Field(50_000, ge=0, description="Cap on LLM tokens per enrichment run.")
+
+    # --- notifications (mw_core.notify) -------------------------------------------------------
+    notify_urls: SecretStr | None = Field(
+        None,
+        description="Notification channels: comma-separated Apprise URLs, each with an optional routing "
+        "prefix, e.g. `[symbols=BTCUSDT\\|ETHUSDT;kinds=open\\|escalate;min_move=0.05]slack://...` "
+        "(see mw_core.notify.routing). Secret: the URLs carry tokens.",
+    )
+    webhook_url: str | None = Field(
+        None, description="Signed JSON webhook (our own, for machines); unset: no webhook channel."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key of the webhook's `X-MW-Signature` header."
+    )
+    public_dagster_url: str | None = Field(
+        None, description="Public URL of the Dagster UI linked from notifications; unset: no link."
+    )
+    notify_max_attempts: int = Field(
+        12, ge=1, description="Delivery attempts per event and channel before it goes to the DLQ."
+    )
+    notify_rate_per_min: float = Field(
+        30.0, gt=0, description="Steady delivery rate per channel (messages per minute) after the burst."
+    )
+    notify_burst: int = Field(10, ge=1, description="Messages a channel may receive at once before the rate applies.")
+    notify_circuit_failures: int = Field(
+        5, ge=1, description="Consecutive failures after which a channel is parked (circuit open)."
+    )
+    notify_circuit_open_s: float = Field(
+        30.0, gt=0, description="How long a parked channel waits before one probe delivery (half-open)."
+    )
+    notify_group: str = Field("mw-notify", description="Notifier consumer group on the alerts topic.")
 
     # --- Dagster sensors (read when the code location loads) ----------------------------------
     rss_poll_interval_s: int = Field(
@@ -311,6 +369,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name in ("database_url", "dagster_pg_url"):
                 out[name] = redact_url(value.get_secret_value()) if value else None
+            elif name == "webhook_url":
+                out[name] = redact_url(value) if value else None
             elif isinstance(value, SecretStr):
                 out[name] = "**********"
             elif isinstance(value, Path):

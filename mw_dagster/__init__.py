@@ -4,7 +4,7 @@
 - `markets/`: the stream's `prices` and `anomalies` (external assets), `price_anomalies` (their
   daily batch reconciliation), partitions, checks, job and schedule.
 - `news/`: `headlines` from the feeds, its checks and job.
-- `alerts/`: `alert_enrichments` (LLM context for anomalies) and its job.
+- `alerts/`: `alert_events` (external) and `alert_enrichments` (LLM context per alert), its job.
 - `maintenance/`: the purge of Dagster's own history and the hourly data-quality checks.
 
 Each domain's ``definitions.defs`` is merged, with the sensors (top-level `sensors` package) and

@@ -27,8 +27,7 @@ from pydantic import Field
 from mw_core.adapters.postgres import quality, schema
 from mw_core.batch import partition as batch
 from mw_core.config import ConfigError, Settings, load_settings
-from mw_core.enrich.store import anomalies_after
-from mw_core.models import Anomaly
+from mw_core.enrich.store import alert_events_after
 from mw_core.news.store import existing_headline_ids
 
 T = TypeVar("T")
@@ -83,8 +82,8 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def headline_stats(self, *, now_ms: int, lookback_s: int) -> quality.HeadlineStats:
         return self.run(lambda pool: quality.headline_stats(pool, now_ms=now_ms, lookback_s=lookback_s))
 
-    def anomalies_after(self, *, after_id: int, limit: int) -> list[tuple[int, Anomaly]]:
-        return self.run(lambda pool: anomalies_after(pool, after_id=after_id, limit=limit))
+    def alert_events_after(self, *, after_id: int, limit: int) -> list[tuple[int, str]]:
+        return self.run(lambda pool: alert_events_after(pool, after_id=after_id, limit=limit))
 
     def existing_headline_ids(self, *, ids: Sequence[str]) -> set[str]:
         return self.run(lambda pool: existing_headline_ids(pool, ids))
@@ -130,7 +129,7 @@ class LLMResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     max_tokens_per_run: int = Field(
         default=_settings_default("llm_max_tokens_per_run"), description="Cap on LLM tokens per run."
     )
-    max_alerts_per_run: int = Field(default=200, description="Cap on anomalies enriched per run.")
+    max_alerts_per_run: int = Field(default=200, description="Cap on alerts enriched per run.")
 
     def settings_overrides(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -2,8 +2,9 @@
 
 - `rss_poll_sensor` (`sensors.rss`): conditional GETs of the feeds; requests a `headlines_job` run
   only for new items. Every ``MW_RSS_POLL_INTERVAL_S`` (default 60 s).
-- `new_anomalies_sensor` (`sensors.anomalies`): walks `anomalies.id`; requests
-  `alert_enrichments_job` runs for new ones. Every ``MW_ANOMALIES_POLL_INTERVAL_S`` (default 30 s).
+- `new_anomalies_sensor` (`sensors.anomalies`): walks `alert_events.id`; requests
+  `alert_enrichments_job` runs for new alerts (open / escalate episode events). Every
+  ``MW_ANOMALIES_POLL_INTERVAL_S`` (default 30 s).
 - `service_health_sensor` (`sensors.health`): observes the price flow in PostgreSQL as
   `service_health` events, every minute.
 - `orphaned_runs_sensor` (`sensors.runs`): fails runs whose worker died with the daemon and frees
@@ -61,7 +62,8 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
             anomalies.request_enrichments,
             job=alert_enrichments_job,
             interval_s=settings.anomalies_poll_interval_s,
-            description="Requests an alert_enrichments run when the stream stored new anomalies.",
+            description="Requests an alert_enrichments run when the stream published new alerts "
+            "(open / escalate episode events).",
         ),
         _running_sensor(
             "service_health_sensor",

@@ -134,6 +134,7 @@ def up(
 def _up_foreground(settings: Settings, options: StackOptions, *, live: bool) -> None:
     from mw_core.local.banners import FirstTickProbe
     from mw_core.local.down import cleanup_stale
+    from mw_core.local.rollover import attach_rollover
     from mw_core.local.stack import Stack
     from mw_core.local.state_files import StackLock
     from mw_core.local.supervisor import Supervisor
@@ -151,6 +152,7 @@ def _up_foreground(settings: Settings, options: StackOptions, *, live: bool) -> 
         stack = Stack(settings, options)
         probe = FirstTickProbe(stack.meta()["process_health"], stack.started_at)
         sup = Supervisor(stack.specs(), state_dir=state_dir, meta=stack.meta)
+        attach_rollover(stack, sup)
         sup.install_signal_handlers()
         lock.update(dagster_url=stack.dagster_url)
         banners: list[str] = []
@@ -195,7 +197,8 @@ def _up_foreground(settings: Settings, options: StackOptions, *, live: bool) -> 
         finally:
             probe.stop()
         if error is not None:
-            console.print(f"[bold red]{error.component} failed to start: {error.reason}[/bold red]")
+            # Text, not markup: a reason such as "pip install 'market-watch[local]'" must print as is.
+            console.print(Text(f"{error.component} failed to start: {error.reason}", style="bold red"))
             if error.log_tail:
                 console.print(Text(error.log_tail, style="dim"))
             console.print(f"everything stopped; see `mw logs {error.component}`")

@@ -1,8 +1,9 @@
 """The status table of `mw up` / `mw status`, rendered from status.json content.
 
-Contract: `render_status(status)` only formats what it is given (components, addresses, recent
-events, banners); it holds no password because status.json holds none. `wide` is the stdout
-console for it: piped or logged output is not squeezed into 80 columns.
+Contract: `render_status(status)` only formats what it is given (components, addresses, the
+embedded broker's memory and rollovers, recent events, banners); it holds no password because
+status.json holds none. `wide` is the stdout console for it: piped or logged output is not
+squeezed into 80 columns.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def render_status(status: dict[str, Any], *, banners: Sequence[str] = (), hint: 
     if meta.get("kafka_bootstrap"):
         info.append("kafka        ", style="bold")
         info.append(f"{meta['kafka_bootstrap']}\n")
+    memory = broker_memory(comps)
+    if memory:
+        info.append("broker memory", style="bold")
+        info.append(f"{memory}\n")
     if meta.get("startup_s") is not None:
         info.append("started in   ", style="bold")
         info.append(f"{meta['startup_s']:.1f}s")
@@ -94,3 +99,17 @@ def render_status(status: dict[str, Any], *, banners: Sequence[str] = (), hint: 
     if hint:
         lines.append(Text(hint, style="dim"))
     return Group(*lines)
+
+
+def broker_memory(components: Sequence[dict[str, Any]]) -> str:
+    """' 41 MB of 256 MB cap; 2 rollovers (last paused producers 1.3s)' for the embedded broker."""
+    for comp in components:
+        rss, cap = comp.get("rss_mb"), comp.get("max_memory_mb")
+        if isinstance(rss, int | float) and isinstance(cap, int | float):
+            n = int(comp.get("rollovers") or 0)
+            text = f" {rss:.0f} MB of {cap:.0f} MB cap; {n} rollover{'' if n == 1 else 's'}"
+            last = comp.get("last_rollover")
+            if isinstance(last, dict) and isinstance(last.get("pause_s"), int | float):
+                text += f" (last paused producers {last['pause_s']:.1f}s)"
+            return text
+    return ""

@@ -5,7 +5,9 @@ Contract:
   ``asyncio.run`` and turns the returned `EnrichmentRun` into metadata. The call owns its pool,
   LLM client and Kafka producer and closes them, so no event loop or connection outlives it.
 - Publishing happens only after the rows are committed, and only for the rows this call stored
-  (`EnrichReport.rows`), so a re-run never publishes an enrichment twice.
+  (`EnrichReport.rows`), so a re-run never publishes an enrichment twice. The records are
+  follow-ups of alerts already on the topic (``"type": "enrichment"``, see
+  `service.encode_enrichment`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class EnrichmentRun:
 async def enrich_and_publish(
     database_url: str, settings: Settings, *, limit: int, publish: bool
 ) -> EnrichmentRun:
-    """Enrich up to `limit` pending anomalies (`enrich_pending_async`) and publish the new rows."""
+    """Enrich up to `limit` pending alerts (`enrich_pending_async`) and publish the new rows."""
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
         report = await enrich_pending_async(pool, settings, limit=limit)
@@ -40,5 +42,5 @@ async def enrich_and_publish(
         published = await with_producer(
             settings, lambda p: publish_enrichments(p, settings.topic_alerts, report.rows)
         )
-    by_symbol = Counter(r.anomaly.symbol for r in report.rows)
+    by_symbol = Counter(r.event.symbol for r in report.rows)
     return EnrichmentRun(report=report, published=published, by_symbol=dict(by_symbol))

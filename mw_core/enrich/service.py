@@ -1,8 +1,11 @@
-"""Enrichment run: summarize pending anomalies with the LLM (or the template) and store the result.
+"""Enrichment run: summarize pending alerts with the LLM (or the template) and store the result.
 
 Contract:
-- `enrich_pending_async(pool, settings, llm=..., limit=...)` takes up to `limit` pending anomalies
-  (see `store.pending_anomalies`), and for each: checks the cache, fetches headlines within
+- An alert is what a person receives: an episode event of kind ``open`` or ``escalate``
+  (`alert_events`). ``close`` events and raw detections (`anomalies`) are never enriched, so there
+  is at most one LLM call per alert and model.
+- `enrich_pending_async(pool, settings, llm=..., limit=...)` takes up to `limit` pending events
+  (see `store.pending_events`), and for each: checks the cache, fetches headlines within
   +-30 min, builds the grounded prompt, calls the LLM if the run `Budget` allows, vets the output,
   and stores one `alert_enrichments` row. The LLM row is stored under the model name; every
   fallback is stored under model ``template`` with ``is_template = true``. Fallback reasons:
@@ -11,8 +14,10 @@ Contract:
   permanent error such as 401, or after `max_consecutive_failures` transient failures in a row,
   so one outage cannot stretch a run to timeout x attempts x items).
 - The returned `EnrichReport` holds the counts, token use, per-item latency and the newly stored
-  rows; `publish_enrichments` sends those rows to the `alerts` topic with `codec.encode_alert`.
-  Rows another run stored first are counted as cached and never returned twice.
+  rows; `publish_enrichments` sends those rows to the `alerts` topic as follow-up records
+  (`encode_enrichment`, ``"type": "enrichment"``) that reference their event by
+  ``(episode_id, seq)``. Rows another run stored first are counted as cached and never returned
+  twice.
 - The use case Dagster runs (own pool, then publish) is `mw_core.enrich.run.enrich_and_publish`.
 """
 
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from mw_core.config import Settings
@@ -42,18 +48,18 @@ from mw_core.enrich.prompt import (
     vet_output,
 )
 from mw_core.enrich.store import TEMPLATE_MODEL
-from mw_core.markets.codec import encode_alert
-from mw_core.models import Anomaly
+from mw_core.markets.episodes import EpisodeEvent
 
 log = logging.getLogger(__name__)
+
+ALERT_KINDS = frozenset({"open", "escalate"})  # the events a person is alerted with
 
 
 @dataclass(frozen=True, slots=True)
 class EnrichmentRow:
-    """One newly stored enrichment, ready to publish."""
+    """One newly stored enrichment of an alert (episode event), ready to publish."""
 
-    anomaly_id: int
-    anomaly: Anomaly
+    event: EpisodeEvent
     model: str
     summary: str
     is_template: bool
@@ -62,6 +68,11 @@ class EnrichmentRow:
     latency_ms: float | None = None  # time spent on the LLM (retries included), None if not called
     fallback: str | None = None  # why the template replaced the LLM
     detail: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """``(episode_id, seq)`` of the enriched event."""
+        return self.event.key
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +95,9 @@ class EnrichReport:
         return self.prompt_tokens + self.completion_tokens
 
     @property
-    def latencies_ms(self) -> dict[int, float]:
-        """Anomaly id -> time spent on the LLM for it (items that called it)."""
-        return {r.anomaly_id: r.latency_ms for r in self.rows if r.latency_ms is not None}
+    def latencies_ms(self) -> dict[tuple[str, int], float]:
+        """``(episode_id, seq)`` -> time spent on the LLM for it (items that called it)."""
+        return {r.key: r.latency_ms for r in self.rows if r.latency_ms is not None}
 
     def metadata(self) -> dict[str, Any]:
         """Plain values for logs and Dagster `MaterializeResult` metadata."""
@@ -124,28 +135,29 @@ class _Run:
     circuit_detail: str = ""
 
 
-async def enrich_anomalies(
+async def enrich_events(
     pool: asyncpg.Pool,
     settings: Settings,
-    items: Sequence[tuple[int, Anomaly]],
+    events: Sequence[EpisodeEvent],
     *,
     llm: LLMClient | None,
     max_consecutive_failures: int = 2,
 ) -> EnrichReport:
-    """Enrich the given ``(anomaly id, Anomaly)`` items; `llm` None means template only.
+    """Enrich the given alerts (``open`` / ``escalate`` events); `llm` None means template only.
 
     Args:
-        pool: Database pool (schema applied).
+        pool: Database pool (schema applied; the events stored in `alert_events`).
         settings: Supplies the run budget (`llm_max_calls_per_run`, `llm_max_tokens_per_run`).
-        items: Anomalies to enrich, in processing order.
+        events: Alerts to enrich, in processing order; ``close`` events are skipped (not alerts).
         llm: The client to call, or None for template summaries without any HTTP call.
         max_consecutive_failures: Transient failures in a row after which the run stops calling.
     """
     started = time.perf_counter()
     model = llm.model if llm is not None else TEMPLATE_MODEL
     run = _Run(budget=Budget.from_settings(settings), max_consecutive_failures=max_consecutive_failures)
-    for anomaly_id, anomaly in items:
-        await _enrich_one(pool, run, llm, anomaly_id, anomaly)
+    for event in events:
+        if event.kind in ALERT_KINDS:
+            await _enrich_one(pool, run, llm, event)
     report = EnrichReport(
         model=model,
         rows=tuple(run.rows),
@@ -162,26 +174,23 @@ async def enrich_anomalies(
     return report
 
 
-async def _enrich_one(
-    pool: asyncpg.Pool, run: _Run, llm: LLMClient | None, anomaly_id: int, anomaly: Anomaly
-) -> None:
+async def _enrich_one(pool: asyncpg.Pool, run: _Run, llm: LLMClient | None, event: EpisodeEvent) -> None:
     model = llm.model if llm is not None else TEMPLATE_MODEL
-    if await store.cached_enrichment(pool, anomaly_id=anomaly_id, model=model) is not None:
+    cached = await store.cached_enrichment(pool, episode_id=event.episode_id, seq=event.seq, model=model)
+    if cached is not None:
         run.cached += 1
         return
-    headlines = await store.headlines_for(pool, anomaly.symbol, anomaly.ts)
+    headlines = await store.headlines_for(pool, event.symbol, event.ts)
     if llm is None:
-        await _save_template(pool, run, anomaly_id, anomaly, headlines, reason="llm_disabled")
+        await _save_template(pool, run, event, headlines, reason="llm_disabled")
         return
     if run.circuit_detail:
-        await _save_template(
-            pool, run, anomaly_id, anomaly, headlines, reason="circuit_open", detail=run.circuit_detail
-        )
+        await _save_template(pool, run, event, headlines, reason="circuit_open", detail=run.circuit_detail)
         return
-    messages = build_messages(anomaly, headlines)
+    messages = build_messages(event, headlines)
     over = run.budget.check(estimate_tokens(messages) + llm.max_completion_tokens)
     if over is not None:
-        await _save_template(pool, run, anomaly_id, anomaly, headlines, reason=over)
+        await _save_template(pool, run, event, headlines, reason=over)
         return
 
     started = time.perf_counter()
@@ -202,22 +211,19 @@ async def _enrich_one(
 
     if completion is None:
         run.budget.charge(tokens=0)
-        await _save_template(
-            pool, run, anomaly_id, anomaly, headlines, reason=reason, detail=detail, latency_ms=spent_ms
-        )
+        await _save_template(pool, run, event, headlines, reason=reason, detail=detail, latency_ms=spent_ms)
         return
     run.consecutive_failures = 0
     run.budget.charge(tokens=completion.total_tokens)
     run.prompt_tokens += completion.prompt_tokens
     run.completion_tokens += completion.completion_tokens
     try:
-        summary = vet_output(completion.text, anomaly)
+        summary = vet_output(completion.text, event.symbol)
     except OutputRejected as exc:
         await _save_template(
             pool,
             run,
-            anomaly_id,
-            anomaly,
+            event,
             headlines,
             reason="rejected_output",
             detail=str(exc),
@@ -225,8 +231,7 @@ async def _enrich_one(
         )
         return
     row = EnrichmentRow(
-        anomaly_id=anomaly_id,
-        anomaly=anomaly,
+        event=event,
         model=model,
         summary=summary,
         is_template=False,
@@ -244,8 +249,7 @@ async def _enrich_one(
 async def _save_template(
     pool: asyncpg.Pool,
     run: _Run,
-    anomaly_id: int,
-    anomaly: Anomaly,
+    event: EpisodeEvent,
     headlines: Sequence[HeadlineRef],
     *,
     reason: str,
@@ -253,10 +257,9 @@ async def _save_template(
     latency_ms: float | None = None,
 ) -> None:
     row = EnrichmentRow(
-        anomaly_id=anomaly_id,
-        anomaly=anomaly,
+        event=event,
         model=TEMPLATE_MODEL,
-        summary=template_enrichment(anomaly, headlines),
+        summary=template_enrichment(event, headlines),
         is_template=True,
         latency_ms=latency_ms,
         fallback=reason,
@@ -270,14 +273,19 @@ async def _save_template(
     run.rows.append(row)
     if reason != "llm_disabled":
         log.warning(
-            "anomaly %d: template summary (%s%s)", anomaly_id, reason, f": {detail}" if detail else ""
+            "alert %s #%d: template summary (%s%s)",
+            event.episode_id,
+            event.seq,
+            reason,
+            f": {detail}" if detail else "",
         )
 
 
 async def _save(pool: asyncpg.Pool, row: EnrichmentRow) -> bool:
     return await store.save_enrichment(
         pool,
-        anomaly_id=row.anomaly_id,
+        episode_id=row.event.episode_id,
+        seq=row.event.seq,
         model=row.model,
         summary=row.summary,
         is_template=row.is_template,
@@ -296,45 +304,63 @@ async def enrich_pending_async(
     retry_templates: bool = False,
     max_consecutive_failures: int = 2,
 ) -> EnrichReport:
-    """Enrich up to `limit` pending anomalies.
+    """Enrich up to `limit` pending alerts (published ``open`` / ``escalate`` events).
 
     Args:
         pool: Database pool (schema applied).
         settings: LLM settings and run budget.
         llm: Client to use; None builds one from `settings` (closed afterwards), or uses the
             template when the settings disable the LLM.
-        limit: Maximum anomalies handled in this run, newest first.
-        retry_templates: Also retry the LLM for anomalies that already have a template fallback.
-        max_consecutive_failures: See `enrich_anomalies`.
+        limit: Maximum alerts handled in this run, newest first.
+        retry_templates: Also retry the LLM for alerts that already have a template fallback.
+        max_consecutive_failures: See `enrich_events`.
     """
     owned = llm is None
     client = LLMClient.from_settings(settings) if owned else llm
     try:
         model = client.model if client is not None else TEMPLATE_MODEL
-        items = await store.pending_anomalies(pool, limit=limit, model=model, retry_templates=retry_templates)
-        return await enrich_anomalies(
-            pool, settings, items, llm=client, max_consecutive_failures=max_consecutive_failures
+        events = await store.pending_events(pool, limit=limit, model=model, retry_templates=retry_templates)
+        return await enrich_events(
+            pool, settings, events, llm=client, max_consecutive_failures=max_consecutive_failures
         )
     finally:
         if owned and client is not None:
             client.close()
 
 
-async def publish_enrichments(producer: AIOKafkaProducer, topic: str, rows: Sequence[EnrichmentRow]) -> int:
-    """Send each row to `topic` as an alert (`codec.encode_alert`) and wait for all acks.
+def encode_enrichment(row: EnrichmentRow) -> tuple[bytes, bytes]:
+    """(key, value) of the follow-up record of an alert on the `alerts` topic.
 
-    The message carries ``summary``, ``enrichment_model``, ``is_template`` and ``anomaly_id`` on top
-    of the alert fields. Returns the number of messages sent.
+    The key is the symbol, like the episode event's (`codec.encode_event`), so both land on the
+    same partition and the follow-up is read after its event. Example value::
+
+        {"type": "enrichment", "episode_id": "SOLUSDT-1722820079999", "seq": 1, "symbol": "SOLUSDT",
+         "kind": "open", "ts": 1722820079999, "summary": "...", "model": "gpt-4o-mini",
+         "is_template": false}
+    """
+    e = row.event
+    body = {
+        "type": "enrichment",
+        "episode_id": e.episode_id,
+        "seq": e.seq,
+        "symbol": e.symbol,
+        "kind": e.kind,
+        "ts": e.ts,
+        "summary": row.summary,
+        "model": row.model,
+        "is_template": row.is_template,
+    }
+    return e.symbol.encode(), orjson.dumps(body)
+
+
+async def publish_enrichments(producer: AIOKafkaProducer, topic: str, rows: Sequence[EnrichmentRow]) -> int:
+    """Send each row to `topic` as a follow-up record (`encode_enrichment`) and wait for all acks.
+
+    Returns the number of records sent.
     """
     futures = []
     for row in rows:
-        key, value = encode_alert(
-            row.anomaly,
-            summary=row.summary,
-            enrichment_model=row.model,
-            is_template=row.is_template,
-            anomaly_id=row.anomaly_id,
-        )
+        key, value = encode_enrichment(row)
         futures.append(await producer.send(topic, value, key=key))
     await asyncio.gather(*futures)
     return len(futures)

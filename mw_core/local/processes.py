@@ -112,6 +112,7 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float, *, hurry: Callable
     family = descendants(proc.pid)
     if proc.poll() is None:
         signal_group(pgid, signal.SIGKILL if hurry() else signal.SIGTERM)
+        signal_group(pgid, signal.SIGCONT)  # a stopped group (broker rollover) must see the SIGTERM
     sigkilled = False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not hurry():

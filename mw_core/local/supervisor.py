@@ -16,6 +16,10 @@ Contract:
   taking the state dir's lock (`StackLock`) is the caller's job, and `mw_core.local.down` stops a
   stack from another process.
 - Single-threaded: the caller's thread runs start/poll/stop; signal handlers only set a flag.
+- Watchers (`add_watcher`) run after every `poll()` of `run()`; they may drive components through
+  `signal_component` / `stop_component` / `start_component` (calling `poll()` while they wait)
+  and publish extra status fields with `set_fields` (the broker rollover,
+  `mw_core.local.rollover`, is one). Such planned stops and starts are not counted as restarts.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class Supervisor:
         self._hurry = False
         self._stopped = False
         self._write_lock = threading.Lock()
+        self._watchers: list[Callable[[], None]] = []
         self.stop_seconds: float | None = None
 
     # --- public API -------------------------------------------------------------------------------
@@ -206,6 +211,8 @@ class Supervisor:
             if self.start():
                 while not self._stop.is_set():
                     self.poll()
+                    for watch in self._watchers:
+                        watch()
                     if on_tick is not None:
                         on_tick()
                     self._stop.wait(self.poll_interval)
@@ -232,6 +239,45 @@ class Supervisor:
         self.stop_seconds = round(elapsed, 3)
         self._event("stack", f"stopped in {elapsed:.1f}s")
         log.info("stack stopped in %.2fs", elapsed)
+        self._changed()
+
+    # --- control by watchers ---------------------------------------------------------------------
+    def add_watcher(self, watch: Callable[[], None]) -> None:
+        """Run `watch()` after every poll of `run()` (see the module docstring)."""
+        self._watchers.append(watch)
+
+    def signal_component(self, name: str, sig: int) -> int | None:
+        """Send `sig` to a running child's process group; return its pid (None: no process)."""
+        comp = self._get(name)
+        if comp.proc is None or comp.proc.poll() is not None:
+            return None
+        signal_group(comp.proc.pid, sig)
+        return comp.proc.pid
+
+    def stop_component(self, name: str) -> None:
+        """Stop one component (planned: it stays ``stopped`` until `start_component`)."""
+        comp = self._get(name)
+        if comp.state not in ("pending", "stopped"):
+            self._stop_one(comp, self.stop_timeout)  # capped by the component's own stop_timeout
+
+    def start_component(self, name: str) -> None:
+        """Spawn a stopped component again; `poll()` finishes its health check (``starting``)."""
+        comp = self._get(name)
+        comp.failures_in_a_row = 0
+        try:
+            self._spawn(comp)
+        except Exception as exc:
+            log.exception("start of %s failed", name)
+            self._schedule_restart(comp, f"start failed: {exc}")
+
+    def note(self, name: str, text: str) -> None:
+        """Add an event (status.json's recent events) on behalf of a watcher."""
+        self._event(name, text)
+        self._changed()
+
+    def set_fields(self, name: str, **values: Any) -> None:
+        """Extra fields of one component's status.json record (e.g. the broker's memory)."""
+        self._get(name).fields.update(values)
         self._changed()
 
     def install_signal_handlers(self) -> None:

@@ -24,9 +24,15 @@ Contract:
   nothing could be read, `ParseResult.error` says why.
 - Stable ids: a URI-shaped guid/id (``https://...``, ``urn:...``, ``tag:...``) is used as is;
   other guids ("12345") are namespaced as ``<source>#<guid>`` because they are only unique per
-  feed; without a guid the cleaned link; without either ``sha256:<hex of source + title>``.
-  Ids longer than `ID_MAX` are replaced by their sha256. Duplicate ids within a feed keep the first.
-- Entries without a (non-empty, cleaned) title are counted in `ParseResult.errors`.
+  feed; without a guid the cleaned link; without either ``sha256:<hex of source + title>``, or
+  of source + the whole sanitised description for an entry whose title was derived from it (two
+  items may share a first sentence). Ids longer than `ID_MAX` are replaced by their sha256.
+  Duplicate ids within a feed keep the first.
+- An entry without a title (RSS 2.0 allows an item with only a description) gets one derived
+  from its sanitised description: the first sentence, capped at `DERIVED_TITLE_MAX` characters
+  (an ellipsis marks a cut). A title that is present but sanitises to nothing (markup only) is not
+  replaced: the entry is hostile, not untitled. Entries left without a title are counted in
+  `ParseResult.errors`.
 - ``published`` comes from published/updated (feedparser normalises to UTC) as an aware UTC
   datetime, or ``None``.
 - Titles and summaries are sanitised (`mw_core.news.sanitize`), links are http(s) or ``None``.
@@ -47,11 +53,14 @@ from urllib.parse import urljoin
 import feedparser
 import orjson
 
-from mw_core.news.sanitize import clean_link, clean_summary, clean_title
+from mw_core.news.sanitize import clean_link, clean_summary, clean_text, clean_title
 from mw_core.news.sentiment import score_headline
 from mw_core.news.tagging import tag_symbols
 
 ID_MAX = 512
+DERIVED_TITLE_MAX = 160
+# A sentence ends at . ! ? or an ellipsis followed by white space (and then anything).
+_SENTENCE_END = re.compile(r"(?<=[.!?\u2026])\s+")
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "html", "xhtml"})
 _URI_ID = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S")
 _ID_JUNK = re.compile(r"[\x00-\x1f\x7f]")
@@ -98,13 +107,21 @@ def _hash_id(*parts: str) -> str:
     return "sha256:" + hashlib.sha256("\x1f".join(parts).encode("utf-8", "replace")).hexdigest()
 
 
-def make_id(*, guid: str | None, link: str | None, title: str, source: str) -> str:
-    """The stable id of an entry (see module contract)."""
+def make_id(
+    *, guid: str | None, link: str | None, title: str, source: str, description: str | None = None
+) -> str:
+    """The stable id of an entry (see module contract).
+
+    ``description`` is given only when the title was derived from it: the fallback hash then covers
+    the whole description (a distinct hash domain: the title is left out).
+    """
     guid = _ID_JUNK.sub("", guid or "").strip()
     if guid:
         candidate = guid if _URI_ID.match(guid) else f"{source}#{guid}"
     elif link:
         candidate = link
+    elif description is not None:
+        return _hash_id(source, "description", description)
     else:
         return _hash_id(source, title)
     return candidate if len(candidate) <= ID_MAX else _hash_id(candidate)
@@ -147,20 +164,35 @@ def _absolute(link: str, source: str) -> str:
     return link
 
 
+def title_from_description(summary: str) -> str:
+    """The first sentence of a sanitised description, capped at `DERIVED_TITLE_MAX` characters."""
+    first = _SENTENCE_END.split(summary.strip(), maxsplit=1)[0]
+    # `summary` is already sanitised plain text: re-cleaning as plain text only caps it.
+    return clean_text(first, max_len=DERIVED_TITLE_MAX, is_html=False)
+
+
 def parse_entry(entry: Mapping[str, Any], *, source: str, symbols: Sequence[str]) -> Headline | None:
     """One feedparser entry -> `Headline`, or ``None`` when it has no usable title."""
     raw_title = entry.get("title")
-    title = clean_title(
-        raw_title if isinstance(raw_title, str) else None, is_html=_is_html(entry.get("title_detail"))
-    )
+    raw_title = raw_title if isinstance(raw_title, str) else None
+    title = clean_title(raw_title, is_html=_is_html(entry.get("title_detail")))
+    summary = _summary(entry)
+    derived = not title and not (raw_title or "").strip()
+    if derived:
+        title = title_from_description(summary)
     if not title:
         return None
-    summary = _summary(entry)
     raw_link = entry.get("link")
     link = clean_link(_absolute(raw_link.strip(), source) if isinstance(raw_link, str) else None)
     raw_id = entry.get("id")
     return Headline(
-        id=make_id(guid=raw_id if isinstance(raw_id, str) else None, link=link, title=title, source=source),
+        id=make_id(
+            guid=raw_id if isinstance(raw_id, str) else None,
+            link=link,
+            title=title,
+            source=source,
+            description=summary if derived else None,
+        ),
         source=source,
         title=title,
         link=link,
@@ -304,4 +336,5 @@ __all__ = [
     "make_id",
     "parse_entry",
     "parse_feed",
+    "title_from_description",
 ]

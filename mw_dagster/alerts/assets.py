@@ -1,7 +1,9 @@
-"""Alerts assets: `alert_enrichments`, LLM summaries of the stream's anomalies.
+"""Alerts assets: the stream's `alert_events` and `alert_enrichments`, LLM summaries of each alert.
 
-It reads what it depends on in the graph: the stream's `anomalies` table (markets) and the
-`headlines` around each anomaly (news); both are referenced by key, not imported.
+`alert_events` is external: the streaming processor turns raw detections (`anomalies`) into
+episode events and publishes them to the alerts topic. `alert_enrichments` reads the alerts a
+person receives there (``open`` / ``escalate`` events) and the `headlines` (news) around each,
+referenced by key, not imported.
 """
 
 from __future__ import annotations
@@ -25,10 +27,23 @@ ENRICH_RETRY = dg.RetryPolicy(
 )
 PREVIEW = 15
 
+alert_events = dg.AssetSpec(
+    "alert_events",
+    group_name="alerts",
+    deps=["anomalies"],
+    description=(
+        "Episode events (open / escalate / close) the streaming processor derives from its raw "
+        "detections, stored in PostgreSQL `alert_events` (the outbox, with `alert_episodes`) and "
+        "published to the alerts topic. Open and escalate events are the alerts a person "
+        "receives. External to Dagster: `new_anomalies_sensor` watches it."
+    ),
+    kinds={"postgres", "kafka"},
+)
+
 
 @dg.asset(
     group_name="alerts",
-    deps=["anomalies", "headlines"],
+    deps=[alert_events, "headlines"],
     kinds={"openai", "postgres", "kafka"},
     retry_policy=ENRICH_RETRY,
     pool="llm",
@@ -40,11 +55,13 @@ def alert_enrichments(
     kafka: KafkaResource,
     llm: LLMResource,
 ) -> dg.MaterializeResult[None]:
-    """LLM-written context for the stream's anomalies, grounded in the headlines around each one.
+    """LLM-written context for each alert (open / escalate episode event), grounded in headlines.
 
-    Enriches the pending anomalies (`mw_core.enrich`): cache first, then the LLM within the per-run
-    call/token caps, with a deterministic template as the fallback whose reason is recorded. New
-    rows go to `alert_enrichments` and are published to the alerts topic as enriched alerts.
+    Enriches the pending alerts (`mw_core.enrich`), one LLM call per alert: cache first, then the
+    LLM within the per-run call/token caps, with a deterministic template as the fallback whose
+    reason is recorded. Close events and raw detections are not enriched. New rows go to
+    `alert_enrichments` and are published to the alerts topic as follow-ups of their event
+    (``"type": "enrichment"``, with ``episode_id`` and ``seq``).
     """
     settings = build_settings(postgres=postgres, kafka=kafka, llm=llm)
     run = asyncio.run(
@@ -54,11 +71,18 @@ def alert_enrichments(
     )
     report = run.report
     context.log.info("enrichment: %s, published %d", report.metadata(), run.published)
-    rows = sorted(report.rows, key=lambda r: r.anomaly.ts, reverse=True)[:PREVIEW]
+    rows = sorted(report.rows, key=lambda r: r.event.ts, reverse=True)[:PREVIEW]
     preview = md_table(
-        ["time (UTC)", "symbol", "move", "model", "summary"],
+        ["time (UTC)", "symbol", "alert", "move", "model", "summary"],
         [
-            (iso_ms(r.anomaly.ts), r.anomaly.symbol, f"{r.anomaly.ret * 100:+.2f}%", r.model, r.summary)
+            (
+                iso_ms(r.event.ts),
+                r.event.symbol,
+                f"{r.event.kind} #{r.event.seq}",
+                f"{r.event.ret * 100:+.2f}%",
+                r.model,
+                r.summary,
+            )
             for r in rows
         ],
     )

@@ -35,6 +35,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mw_core.adapters import bus
+from mw_core.adapters.postgres.episodes import events_between, unpublished_events
 from mw_core.adapters.postgres.pool import create_pool
 from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.config import Settings
@@ -43,6 +44,7 @@ from mw_core.markets import codec
 from mw_core.models import Tick
 
 T0 = 1_722_816_000_000  # 2024-08-05 00:00 UTC
+_YEAR_3000_MS = 32_503_680_000_000
 
 _ASSIGNED = re.compile(r"assigned partitions \[([\d, ]*)\]")
 
@@ -315,14 +317,14 @@ def event_body(alert: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 async def stored_events(url: str, *, unpublished: bool = False) -> list[dict[str, Any]]:
-    """The outbox (`alert_events`), each row as the `alerts` record it is published as."""
+    """The outbox (`alert_events`; with `unpublished`, only rows not yet marked published), each
+    row decoded as the `alerts` record the processor publishes for it."""
     pool = await create_pool(url, min_size=1, max_size=1)
     try:
-        rows = await unpublished_events(pool, limit=1_000_000) if unpublished else None
-        if rows is not None:
-            return [orjson.loads(codec.encode_event(e)[1]) for _, e in rows]
-        found = await fetch(url, "SELECT id FROM alert_events")
-        del found
-        return []
+        if unpublished:
+            events = [e for _, e in await unpublished_events(pool, limit=1_000_000)]
+        else:
+            events = await events_between(pool, start_ms=0, end_ms=_YEAR_3000_MS)
     finally:
         await pool.close()
+    return [orjson.loads(codec.encode_event(e)[1]) for e in events]

@@ -258,6 +258,7 @@ async def test_absurd_market_data_is_rejected_never_stored_never_alerting(
     stored = await stored_ticks(url)
     assert sorted(stored) == sorted((t.symbol, t.ts, t.price) for t in btc + eth)
     assert await anomaly_keys(url) == []
+    assert await fetchval(url, "SELECT count(*) FROM alert_events") == 0  # no episode, no outbox row
     assert await read_topic(settings, settings.topic_alerts) == []
     assert "mw_processor_anomalies_total 0.0" in metrics
     assert rc == 0

@@ -50,6 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from mw_core.local.broker import EmbeddedBroker
 from mw_core.local.ports import free_port
+from mw_core.markets import codec
 from mw_core.replay.klines import Kline, read_kline_file
 from mw_core.replay.server import BinanceServer
 
@@ -154,30 +155,54 @@ async def topics(bootstrap: str) -> dict[str, int]:
     return {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}
 
 
+async def _read_to_end(consumer: AIOKafkaConsumer, topic: str) -> tuple[list[TopicPartition], list[bytes]]:
+    """Every partition of `topic` read to its high watermark: (the partitions, the values read).
+
+    The high watermark comes from fetch responses (Tansu's `end_offsets` is wrong).
+    """
+    await consumer.topics()
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    values: list[bytes] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        batch = await consumer.getmany(timeout_ms=300)
+        for records in batch.values():
+            values.extend(r.value or b"" for r in records)
+        marks = [(consumer.highwater(tp), await consumer.position(tp)) for tp in tps]
+        if not batch and all(hw is not None and pos >= hw for hw, pos in marks):
+            break
+    return tps, values
+
+
 async def group_progress(bootstrap: str, topic: str, group: str) -> dict[int, tuple[int | None, int]]:
     """Partition -> (the group's committed offset, the high watermark).
 
-    The high watermark comes from fetch responses (Tansu's `end_offsets` is wrong); the consumer
-    never subscribes, so it does not join the group.
+    The consumer never subscribes, so it does not join the group.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            marks = [(consumer.highwater(tp), await consumer.position(tp)) for tp in tps]
-            if not batch and all(hw is not None and pos >= hw for hw, pos in marks):
-                break
+        tps, _ = await _read_to_end(consumer, topic)
         return {tp.partition: (await consumer.committed(tp), consumer.highwater(tp) or 0) for tp in tps}
     finally:
         await consumer.stop()
+
+
+async def event_keys(bootstrap: str, topic: str) -> list[tuple[str, int]]:
+    """(episode_id, seq) of every episode event on `topic` (the alerts topic)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        _, values = await _read_to_end(consumer, topic)
+    finally:
+        await consumer.stop()
+    return [key for value in values if (key := codec.event_key(value)) is not None]
 
 
 async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
@@ -247,6 +272,7 @@ async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
         broker2 = EmbeddedBroker(tmp_path / "broker-2", port=broker_port)
         await asyncio.to_thread(broker2.start)
         restarted_at = time.monotonic()
+        restarted_db = await conn.fetchval("SELECT now()")
 
         await asyncio.wait_for(server.wait_done(), 60)
 
@@ -294,6 +320,22 @@ async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
         outside = {(s, t) for s, t in missing if not newest_durable[s] < t <= newest_sent_at_kill.close_time}
         assert not outside, f"lost outside the window: {sorted(outside)[:10]}"
         assert after_kill <= have
+
+        # The episode outbox drained into the new broker: every event is marked published, and
+        # each one marked after the new broker started (its send was acknowledged by that broker)
+        # is on the new `alerts` topic. Events acknowledged by the old broker died with it.
+        async def outbox_drained() -> bool:
+            return not await conn.fetchval("SELECT count(*) FROM alert_events WHERE published_at IS NULL")
+
+        await wait_for(outbox_drained, timeout=20, what="the episode outbox to drain")
+        marked_after = {
+            (r["episode_id"], int(r["seq"]))
+            for r in await conn.fetch(
+                "SELECT episode_id, seq FROM alert_events WHERE published_at >= $1", restarted_db
+            )
+        }
+        assert marked_after, "no episode event was published through the new broker"
+        assert marked_after <= set(await event_keys(broker2.bootstrap, "alerts"))
         chaos_record(
             frames=server.total_frames,
             stored=len(have),
@@ -307,6 +349,7 @@ async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
             send_retries=final_ingest["send_retries"],
             recovered_s=round(recovered_s, 1),
             prices_partitions_after=recreated["prices"],
+            events_published_via_new_broker=len(marked_after),
         )
     except BaseException:
         for svc in (processor, ingest):

@@ -3,14 +3,15 @@
 The daemon runs on the repository's dagster.yaml (PostgreSQL run/event/schedule storage in a fresh
 database, QueuedRunCoordinator) with the code location of ``workspace.yaml``. The sensors tick
 every 5 s (``MW_*_INTERVAL_S``): `rss_poll_sensor` polls
-a local feed server (`tests.fakes.feeds`), `new_anomalies_sensor` walks rows inserted into the test
-database. As soon as both sensors have requested runs, the daemon's whole process group -- code
-server and in-flight run workers included -- gets SIGKILL. More news and anomalies arrive while it
-is down; then the daemon is started again on the same DAGSTER_HOME.
+a local feed server (`tests.fakes.feeds`), `new_anomalies_sensor` walks the alerts (published open
+episode events) inserted into the test database. As soon as both sensors have requested runs, the
+daemon's whole process group -- code server and in-flight run workers included -- gets SIGKILL.
+More news and alerts arrive while it is down; then the daemon is started again on the same
+DAGSTER_HOME.
 
 Asserted, from the database and from a `DagsterInstance` on the same DAGSTER_HOME:
 - the sensor cursors resume: after the restart they are never behind what they were at the kill;
-- every headline is stored once and every anomaly enriched once (per model);
+- every headline is stored once and every alert enriched once (per model);
 - no run key was launched twice (sensor ticks resumed after the kill do not duplicate runs);
 - liveness: what arrived while the daemon was down is stored and enriched after the restart, and
   runs whose worker was killed mid-flight do not stay ``STARTED`` (holding the one-slot ``llm``
@@ -35,9 +36,10 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import InstigatorType
 
-from mw_core.adapters.postgres.prices import write_batch
+from mw_core.adapters.postgres.episodes import insert_events, mark_events_published, unpublished_events
 from mw_core.batch import partition as batch
-from mw_core.models import Anomaly
+from mw_core.markets.episodes import EpisodeEvent, episode_id
+from sensors.anomalies import parse_cursor
 from tests.dagster.helpers import (
     BIN,
     ROOT,
@@ -142,10 +144,34 @@ async def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-def _anomalies(first: int, n: int) -> list[Anomaly]:
-    return [
-        Anomaly("BTCUSDT", T0 + (first + i) * 60_000, 60, -0.03, "down", 56000.0 - i, 0.02) for i in range(n)
-    ]
+def _alert(ts: int) -> EpisodeEvent:
+    """An episode opening at `ts`: one alert."""
+    return EpisodeEvent(
+        episode_id=episode_id("BTCUSDT", ts),
+        seq=1,
+        kind="open",
+        symbol="BTCUSDT",
+        ts=ts,
+        window_s=60,
+        ret=-0.03,
+        direction="down",
+        price=56000.0,
+        threshold=0.02,
+        ref_price=57700.0,
+        ref_ts=ts - 60_000,
+        peak_ret=-0.03,
+        peak_window_s=60,
+        extreme_price=56000.0,
+        opened_ts=ts,
+        summary="BTCUSDT down -3.00% over 1 min; episode opened.",
+    )
+
+
+async def _publish_alerts(pool: asyncpg.Pool, first: int, n: int) -> None:
+    """`n` alerts stored and published like the processor does (the sensor sees published ones)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await insert_events(conn, [_alert(T0 + (first + i) * 60_000) for i in range(n)])
+    await mark_events_published(pool, [i for i, _ in await unpublished_events(pool)])
 
 
 @pytest.fixture
@@ -164,7 +190,7 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
 ) -> None:
     started = time.monotonic()
     batch.run_with_pool(db_url, batch.apply_schema)
-    batch.run_with_pool(db_url, lambda pool: write_batch(pool, [], [], _anomalies(0, 3)))
+    batch.run_with_pool(db_url, lambda pool: _publish_alerts(pool, 0, 3))
 
     home = make_dagster_home(tmp_path / "dagster_home")
     with FeedServer() as server:
@@ -187,7 +213,7 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
             daemon.start()
 
             # Kill while a run worker is executing (STARTED). Wait until no run is QUEUED or
-            # STARTING: the feed and the anomalies do not change before the kill, so the sensors
+            # STARTING: the feed and the alerts do not change before the kill, so the sensors
             # request nothing new, and no run can be caught between launch and RUN_START (such a
             # run is failed by run monitoring only after start_timeout_seconds, 180 s).
             def in_flight() -> bool:
@@ -208,9 +234,9 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
             # may still be unset here; the resumed tick must not launch those runs again.
             runs_before = {r.run_id: r.status for r in _runs(instance)}
 
-            # --- while the daemon is down: more news, more anomalies.
+            # --- while the daemon is down: more news, more alerts.
             server.set_body("/chaos.xml", rss(*LATER_NEWS, *FIRST_NEWS))
-            batch.run_with_pool(db_url, lambda pool: write_batch(pool, [], [], _anomalies(10, 2)))
+            batch.run_with_pool(db_url, lambda pool: _publish_alerts(pool, 10, 2))
 
             # --- phase 2: restart on the same DAGSTER_HOME; everything arrives exactly once.
             daemon.start()
@@ -218,12 +244,10 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
 
             def all_done() -> bool:
                 stored = asyncio.run(_fetch(db_url, "SELECT title FROM headlines"))
-                enriched = asyncio.run(_fetch(db_url, "SELECT anomaly_id FROM alert_enrichments"))
+                enriched = asyncio.run(_fetch(db_url, "SELECT episode_id FROM alert_enrichments"))
                 return {r["title"] for r in stored} >= titles and len(enriched) >= 5
 
-            _wait(
-                "news and anomalies after the restart", all_done, timeout=45, daemon=daemon, instance=instance
-            )
+            _wait("news and alerts after the restart", all_done, timeout=45, daemon=daemon, instance=instance)
             # Runs whose worker died with the daemon are failed by orphaned_runs_sensor (without
             # it they would stay STARTED for max_runtime_seconds, holding the `llm` pool slot).
             orphans = {i for i, status in runs_before.items() if status == dg.DagsterRunStatus.STARTED}
@@ -238,8 +262,8 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
             _wait("orphaned runs to be failed", orphans_failed, timeout=15, daemon=daemon, instance=instance)
             # One more sensor tick so the cursors reflect the finished runs.
             _wait(
-                "the anomaly cursor to cover every row",
-                lambda: _cursors(instance).get("new_anomalies_sensor") == "5",
+                "the alert cursor to cover every row",
+                lambda: _cursors(instance).get("new_anomalies_sensor") == "events:5",
                 timeout=15,
                 daemon=daemon,
                 instance=instance,
@@ -251,15 +275,16 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
             instance.dispose()
 
     # Cursors resume: never behind what was stored at the kill.
-    assert int(after["new_anomalies_sensor"] or 0) >= int(before["new_anomalies_sensor"] or 0)
-    assert after["new_anomalies_sensor"] == "5"
+    assert parse_cursor(after["new_anomalies_sensor"]) >= parse_cursor(before["new_anomalies_sensor"])
+    assert after["new_anomalies_sensor"] == "events:5"
     assert _seen(after["rss_poll_sensor"], feed) >= _seen(before["rss_poll_sensor"], feed)
 
-    # Nothing twice: headlines (PK on id; also by title), enrichments per (anomaly, model), run keys.
+    # Nothing twice: headlines (PK on id; also by title), enrichments per (alert, model), run keys.
     headlines = asyncio.run(_fetch(db_url, "SELECT id, title FROM headlines"))
     assert Counter(r["title"] for r in headlines) == Counter(titles)
-    enrichments = asyncio.run(_fetch(db_url, "SELECT anomaly_id, model FROM alert_enrichments"))
-    assert sorted(r["anomaly_id"] for r in enrichments) == [1, 2, 3, 4, 5]
+    enrichments = asyncio.run(_fetch(db_url, "SELECT episode_id, seq, model FROM alert_enrichments"))
+    expected = sorted(episode_id("BTCUSDT", T0 + m * 60_000) for m in (0, 1, 2, 10, 11))
+    assert sorted(r["episode_id"] for r in enrichments) == expected
     keys = Counter(r.tags[RUN_KEY] for r in runs if RUN_KEY in r.tags)
     assert keys and max(keys.values()) == 1, keys
     # Runs that existed at the kill were not launched again under new ids for the same key.
@@ -267,7 +292,7 @@ def test_daemon_sigkill_mid_way_resumes_without_duplicates(
     chaos_record(
         kill_after_s=round(killed_at - started, 1),
         total_s=round(time.monotonic() - started, 1),
-        anomaly_cursor=f"{before['new_anomalies_sensor']} -> {after['new_anomalies_sensor']}",
+        alert_cursor=f"{before['new_anomalies_sensor']} -> {after['new_anomalies_sensor']}",
         seen_headlines=f"{len(_seen(before['rss_poll_sensor'], feed))} -> {len(_seen(after['rss_poll_sensor'], feed))}",
         runs_at_kill=dict(Counter(s.value for s in runs_before.values())),
         orphaned_runs_failed=len(orphans),

@@ -4,7 +4,8 @@ The jump is split across the kill so that only rehydrated windows can see it: ea
 +1.9 % one minute before the kill and +1.9 % again one minute later (right after the kill). Each
 step alone is below every threshold (60 s: 2 %, 300 s: 3 %, 900 s: 5 %); together they are +3.84 %
 over the 300 s window. The survivor has never seen the killed member's symbols, so it alerts only
-if it rebuilt their windows from PostgreSQL.
+if it rebuilt their windows from PostgreSQL. Each symbol's alert is the `open` event (seq 1) of
+its first episode, ``"<SYMBOL>-<tick ts>"``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from mw_core.models import Tick
 from tests.chaos.support import (
     T0,
     ProcessorProcess,
-    alert_key,
     anomaly_keys,
     ensure_schema,
+    event_body,
+    event_key,
     fetch,
     fetchval,
     produce_ticks,
     read_topic,
+    stored_events,
     stored_ticks,
     wait_for,
 )
@@ -93,7 +96,7 @@ async def test_survivor_takes_over_rehydrates_and_detects_split_jump(
             return a.assigned_partitions() == list(range(6))
 
         async def all_alerted() -> bool:
-            rows = await fetch(url, "SELECT count(*) AS n FROM anomalies WHERE published_at IS NOT NULL")
+            rows = await fetch(url, "SELECT count(*) AS n FROM alert_events WHERE published_at IS NOT NULL")
             return bool(rows[0]["n"] == len(SYMBOLS))
 
         await wait_for(taken_over, timeout=45, interval=0.2, what="the survivor to take all partitions")
@@ -110,8 +113,11 @@ async def test_survivor_takes_over_rehydrates_and_detects_split_jump(
     assert set(stored) == {(t.symbol, t.ts, t.price) for t in expected}
     anomalies = await anomaly_keys(url)
     assert set(anomalies) == {(t.symbol, t.ts, 300) for t in second}
-    alerts = Counter(alert_key(x) for x in await read_topic(settings, settings.topic_alerts))
-    assert set(alerts) == set(anomalies) and max(alerts.values()) == 1
+    published = await read_topic(settings, settings.topic_alerts)
+    alerts = Counter(event_key(x) for x in published)
+    assert set(alerts) == {(f"{t.symbol}-{t.ts}", 1) for t in second} and max(alerts.values()) == 1
+    assert {x["kind"] for x in published} == {"open"}
+    assert {event_body(x) for x in published} == {event_body(e) for e in await stored_events(url)}
     chaos_record(
         symbols=len(SYMBOLS),
         killed_member_partitions=victim_parts,

@@ -4,6 +4,13 @@ The issue's figures: 200,000 ticks, `KILLS` = 20 kills (`MW_CHAOS_KILLS`; each k
 of Tansu group rejoin: the dead member's 6 s session must expire before its partitions move).
 Batches are 2,000 records (default 50,000) so that the 200,000 ticks make ~100 batches and the
 kills land in many different batches and pipeline phases.
+
+The `alerts` topic carries episode events (open / escalate / close), identified by
+``(episode_id, seq)``; the outbox is `alert_events.published_at`. The episode quiet period is
+`QUIET_S` = 300 s here (default 3600 s): with the default, this market's jumps (about one per
+symbol every 300 s) keep one episode per symbol open for the whole run and nothing ever closes;
+300 s gives ~170 events of all three kinds, so kills land amid opens, escalations and closes,
+and every restart must rebuild open episodes from the stored detections.
 """
 
 from __future__ import annotations
@@ -18,20 +25,26 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
 from mw_core.config import Settings
+from mw_core.markets.analysis import Analyzer
+from mw_core.markets.codec import encode_event
+from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.models import Tick
 from tests.chaos.support import (
     T0,
     ProcessorProcess,
-    alert_key,
     anomaly_keys,
     committed_offsets,
     ensure_schema,
+    event_body,
+    event_key,
     fetch,
     produce_ticks,
     read_topic,
+    stored_events,
     stored_ticks,
     wait_for,
 )
@@ -43,6 +56,7 @@ N_SYMBOLS = 20
 N_PER_SYMBOL = 10_000  # 200,000 ticks
 KILLS = int(os.environ.get("MW_CHAOS_KILLS", "20"))
 KILL_JITTER_S = 0.15
+QUIET_S = 300
 
 
 def market(seed: int, symbols: int, n: int) -> list[Tick]:
@@ -69,7 +83,7 @@ async def _settled(url: str, total: int) -> bool:
     rows = await fetch(
         url,
         "SELECT (SELECT count(*) FROM prices) AS n,"
-        " (SELECT count(*) FROM anomalies WHERE published_at IS NULL) AS unpublished",
+        " (SELECT count(*) FROM alert_events WHERE published_at IS NULL) AS unpublished",
     )
     return bool(rows[0]["n"] == total and rows[0]["unpublished"] == 0)
 
@@ -82,13 +96,14 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     chaos_record: Callable[..., None],
 ) -> None:
     rng = random.Random(SEED)
-    settings = make_settings(prices_partitions=6, batch_max_records=2_000)
+    settings = make_settings(prices_partitions=6, batch_max_records=2_000, episode_quiet_s=QUIET_S)
     assert settings.database_url is not None
     url = settings.database_url.get_secret_value()
     clean_url = await make_db()
     clean = make_settings(
         prices_partitions=6,
         batch_max_records=2_000,
+        episode_quiet_s=QUIET_S,
         database_url=clean_url,
         consumer_group=settings.consumer_group + "-clean",
         topic_alerts=settings.topic_alerts + "-clean",
@@ -107,7 +122,7 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
 
     targets = sorted(rng.sample(range(total // 20, total - total // 20), KILLS))
     kills: list[dict[str, int | float]] = []
-    exposed: set[tuple[str, int, int]] = set()  # alerts in Kafka whose published_at is NULL
+    exposed: set[tuple[str, int]] = set()  # events in Kafka whose published_at is NULL
     incarnation = 0
     proc = ProcessorProcess(settings, tmp_path / "chaos", name=f"chaos-{incarnation}").start()
     conn = await asyncpg.connect(url)
@@ -130,13 +145,12 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
             # Safe to measure now: the dead member keeps its partitions until its session expires.
             committed = await committed_offsets(settings)
             unpublished = {
-                (r["symbol"], int(r["ts_ms"]), int(r["window_s"]))
+                (r["episode_id"], int(r["seq"]))
                 for r in await conn.fetch(
-                    "SELECT symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s"
-                    " FROM anomalies WHERE published_at IS NULL"
+                    "SELECT episode_id, seq FROM alert_events WHERE published_at IS NULL"
                 )
             }
-            sent = {alert_key(a) for a in await read_topic(settings, settings.topic_alerts)}
+            sent = {event_key(a) for a in await read_topic(settings, settings.topic_alerts)}
             # New keys only: an orphan stays unmarked until a later incarnation reaches its partition.
             newly_exposed = (unpublished & sent) - exposed
             exposed |= unpublished & sent
@@ -168,8 +182,14 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     assert len(clean_anomalies) > 100
     assert set(chaos_anomalies) == set(clean_anomalies)
 
-    # 3. every anomaly alerted exactly once.
-    alerts = Counter(alert_key(a) for a in await read_topic(settings, settings.topic_alerts))
+    # 3. episode events equal the undisturbed run's, field for field (so every restart rebuilt the
+    # open episodes exactly), and each one is on the topic exactly once.
+    chaos_events, clean_events = await stored_events(url), await stored_events(clean_url)
+    kinds = Counter(e["kind"] for e in clean_events)
+    assert len(clean_events) > 100 and kinds["open"] and kinds["escalate"] and kinds["close"], kinds
+    assert {event_body(e) for e in chaos_events} == {event_body(e) for e in clean_events}
+    published = await read_topic(settings, settings.topic_alerts)
+    alerts = Counter(event_key(a) for a in published)
     duplicates = {k: n for k, n in alerts.items() if n > 1}
     chaos_record(
         ticks=total,
@@ -178,6 +198,8 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
         produce_s=round(produced_s, 1),
         elapsed_s=round(elapsed, 1),
         anomalies=len(chaos_anomalies),
+        episode_events=len(chaos_events),
+        events_by_kind=dict(sorted(kinds.items())),
         alerts_published=sum(alerts.values()),
         duplicate_alerts=sum(n - 1 for n in duplicates.values()),
         kills_in_outbox_window=sum(1 for k in kills if k["alerts_sent_not_marked"]),
@@ -186,27 +208,30 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
         exit_codes=(rc_chaos, rc_clean),
         per_kill=kills,
     )
-    assert set(alerts) == set(chaos_anomalies)
-    assert not duplicates, f"{len(duplicates)} alerts published more than once: {sorted(duplicates)[:5]}"
+    assert not duplicates, f"{len(duplicates)} events published more than once: {sorted(duplicates)[:5]}"
+    assert {event_body(a) for a in published} == {event_body(e) for e in chaos_events}
+    clean_published = await read_topic(clean, clean.topic_alerts)
+    assert sorted(map(event_body, clean_published)) == sorted(map(event_body, clean_events))
     assert (await read_topic(settings, settings.topic_dlq)) == []
     assert rc_chaos == 0 and rc_clean == 0
 
 
-# Holds every `published_at` update inside PostgreSQL: the processor has sent the alerts and waits
-# for the mark, so a SIGKILL now lands exactly in the outbox window (sent, not marked).
+# Holds every `published_at` update of the outbox inside PostgreSQL: the processor has sent the
+# episode events and waits for the mark, so a SIGKILL now lands exactly in the outbox window (sent,
+# not marked). The statement is `mark_events_published`'s (mw_core/adapters/postgres/episodes.py).
 _HOLD_MARK = [
     """
     CREATE FUNCTION chaos_hold_publish() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN PERFORM pg_sleep(120); RETURN NEW; END $$
     """,
     """
-    CREATE TRIGGER chaos_hold BEFORE UPDATE OF published_at ON anomalies
+    CREATE TRIGGER chaos_hold BEFORE UPDATE OF published_at ON alert_events
         FOR EACH ROW EXECUTE FUNCTION chaos_hold_publish()
     """,
 ]
 _HELD = """
 SELECT pid FROM pg_stat_activity
-WHERE state = 'active' AND query LIKE 'UPDATE anomalies SET published_at%'
+WHERE state = 'active' AND query LIKE 'UPDATE alert_events SET published_at%'
 """
 
 
@@ -214,7 +239,8 @@ WHERE state = 'active' AND query LIKE 'UPDATE anomalies SET published_at%'
 async def test_sigkill_between_alert_send_and_mark_publishes_each_alert_once(
     make_settings: Callable[..., Settings], tmp_path: Path, chaos_record: Callable[..., None]
 ) -> None:
-    settings = make_settings(prices_partitions=3)
+    # A 120 s quiet period, so that each symbol's episode also closes within its 1,400 ticks.
+    settings = make_settings(prices_partitions=3, episode_quiet_s=120)
     assert settings.database_url is not None
     url = settings.database_url.get_secret_value()
     await ensure_schema(url)
@@ -222,19 +248,23 @@ async def test_sigkill_between_alert_send_and_mark_publishes_each_alert_once(
     try:
         for sql in _HOLD_MARK:
             await conn.execute(sql)
-        # Two symbols, each with one +5 % jump: two anomalies (60 s) and 300 s follow-ups.
-        ticks = [t for s in ("OWAUSDT", "OWBUSDT") for t in _walk(s, 400, jump_at=200, jump=0.05)]
+        # Per symbol +5 % (open), +9 % two minutes later (escalate), then calm (close): 3 events.
+        ticks = [
+            t for s in ("OWAUSDT", "OWBUSDT", "OWCUSDT") for t in _walk(s, 1_400, {200: 0.05, 320: 0.09})
+        ]
+        expected = _pure_events(settings, ticks)
+        assert [e.kind for e in expected].count("close") == 3 and len(expected) == 9
         await produce_ticks(settings, ticks)
         first = ProcessorProcess(settings, tmp_path, name="first").start()
         held = await wait_for(lambda: conn.fetch(_HELD), timeout=60, what="the held published_at update")
         sent = await read_topic(settings, settings.topic_alerts)
-        assert sent, "the alerts must be in Kafka before the kill"
+        assert sent, "the episode events must be in Kafka before the kill"
         first.kill(signal.SIGKILL)
         for row in held:  # the dead client's statement: cancel it, so its update rolls back
             await conn.execute("SELECT pg_cancel_backend($1)", row["pid"])
-        await conn.execute("DROP TRIGGER chaos_hold ON anomalies")
+        await conn.execute("DROP TRIGGER chaos_hold ON alert_events")
         await wait_for(lambda: _no_held(conn), timeout=10, what="the held update to roll back")
-        unmarked = await conn.fetchval("SELECT count(*) FROM anomalies WHERE published_at IS NULL")
+        unmarked = await conn.fetchval("SELECT count(*) FROM alert_events WHERE published_at IS NULL")
         assert unmarked >= len(sent)
 
         second = ProcessorProcess(settings, tmp_path, name="second").start()
@@ -243,17 +273,22 @@ async def test_sigkill_between_alert_send_and_mark_publishes_each_alert_once(
         assert second.stop() == 0
     finally:
         await conn.close()
-    alerts = Counter(alert_key(a) for a in await read_topic(settings, settings.topic_alerts))
-    anomalies = await anomaly_keys(url)
+    published = await read_topic(settings, settings.topic_alerts)
+    alerts = Counter(event_key(a) for a in published)
     chaos_record(
         alerts_sent_before_kill=len(sent),
         unmarked_after_kill=unmarked,
-        anomalies=len(anomalies),
+        anomalies=len(await anomaly_keys(url)),
+        episode_events=len(expected),
         alerts_published=sum(alerts.values()),
         duplicate_alerts=sum(n - 1 for n in alerts.values()),
     )
-    assert set(alerts) == set(anomalies)
+    assert set(alerts) == {e.key for e in expected}
     assert max(alerts.values()) == 1, f"published twice: {[k for k, n in alerts.items() if n > 1]}"
+    assert {event_body(a) for a in published} == {event_body(e) for e in await stored_events(url)}
+    assert {event_body(a) for a in published} == {
+        event_body(orjson.loads(encode_event(e)[1])) for e in expected
+    }
     # ...because the restarted processor found them in Kafka and only marked them.
     assert f"mw_processor_alerts_already_sent_total {float(len(sent))}" in metrics
 
@@ -262,11 +297,17 @@ async def _no_held(conn: asyncpg.Connection) -> bool:
     return not await conn.fetch(_HELD)
 
 
-def _walk(symbol: str, n: int, *, jump_at: int, jump: float) -> list[Tick]:
+def _walk(symbol: str, n: int, jumps: dict[int, float]) -> list[Tick]:
+    """A +-0.05 % zig-zag from 100 with a relative jump at each index of `jumps`, 1 tick/s."""
     out, price = [], 100.0
     for i in range(n):
-        price *= 1.0005 if i % 2 else 0.9995
-        if i == jump_at:
-            price *= 1 + jump
+        price *= (1.0005 if i % 2 else 0.9995) * (1 + jumps.get(i, 0.0))
         out.append(Tick(symbol, T0 + i * 1000, round(price, 6), source="replay"))
     return out
+
+
+def _pure_events(settings: Settings, ticks: list[Tick]) -> list[EpisodeEvent]:
+    """The episode events of THE analysis path run in memory over `ticks` (no restart)."""
+    policy = EpisodePolicy.from_settings(settings)
+    Analyzer.from_settings(settings, sink=policy).run(ticks)
+    return policy.take()

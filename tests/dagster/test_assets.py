@@ -311,11 +311,12 @@ def test_headlines_fail_when_every_feed_fails(postgres: PostgresResource) -> Non
 def test_alert_enrichments_llm_caps_template_and_publish(
     postgres: PostgresResource, settings: Settings, db_url: str
 ) -> None:
-    base = 1722820259999
-    anomalies = [
-        Anomaly(sym, base + i * 60_000, 60, -0.04, "down", 100.0, 0.02) for i, sym in enumerate(CRASH_SYMBOLS)
-    ]
-    postgres.run(lambda pool: write_batch(pool, [], [], anomalies))
+    """One LLM call per alert (open / escalate event of the real stream), none per raw detection."""
+    asyncio.run(_stream(settings, [t for s in CRASH_SYMBOLS for t in kline_ticks(s)]))
+    events = asyncio.run(_fetch(db_url, "SELECT episode_id, seq, kind FROM alert_events"))
+    alerts = {(r["episode_id"], r["seq"]) for r in events if r["kind"] in ("open", "escalate")}
+    (detections,) = asyncio.run(_fetch(db_url, "SELECT count(*) AS n FROM anomalies"))
+    assert 3 <= len(alerts) < detections["n"]
     with FakeLLMServer(api_key="sk-test") as llm_server:
         resources = {
             "postgres": postgres,
@@ -333,11 +334,19 @@ def test_alert_enrichments_llm_caps_template_and_publish(
         calls = llm_server.calls
 
     meta = _meta(result, "alert_enrichments")
-    assert (meta["stored"], meta["llm"], meta["template"], meta["llm_calls"]) == (3, 2, 1, 2)
-    assert meta["fallback_reasons"] == {"budget_calls": 1}
+    n = len(alerts)
+    assert (meta["stored"], meta["llm"], meta["template"], meta["llm_calls"]) == (n, 2, n - 2, 2)
+    assert meta["fallback_reasons"] == {"budget_calls": n - 2}
     assert int(meta["total_tokens"]) > 0  # type: ignore[call-overload]
+    assert meta["published"] == n
     assert calls == 2
     assert _meta(again, "alert_enrichments")["stored"] == 0
-    alerts = asyncio.run(consume_topic(settings, settings.topic_alerts, expect=3))
-    assert sorted(str(a["symbol"]) for a in alerts) == sorted(CRASH_SYMBOLS)
-    assert {a["enrichment_model"] for a in alerts} == {"fake-model", "template"}
+    # The topic: the stream's episode events, then exactly one follow-up per alert (none twice).
+    records = asyncio.run(
+        consume_topic(settings, settings.topic_alerts, expect=len(events) + n + 1, timeout=4.0)
+    )
+    follow_ups = [r for r in records if r["type"] == "enrichment"]
+    assert len(records) - len(follow_ups) == len(events)
+    assert sorted((str(r["episode_id"]), int(r["seq"])) for r in follow_ups) == sorted(alerts)  # type: ignore[call-overload]
+    assert {r["symbol"] for r in follow_ups} == set(CRASH_SYMBOLS)
+    assert {r["model"] for r in follow_ups} == {"fake-model", "template"}

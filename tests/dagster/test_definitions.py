@@ -40,6 +40,7 @@ def test_assets_groups_and_lineage() -> None:
         "price_anomalies": "markets",
         "market_backtest": "markets",
         "headlines": "news",
+        "alert_events": "alerts",
         "alert_enrichments": "alerts",
     }
 
@@ -48,11 +49,14 @@ def test_assets_groups_and_lineage() -> None:
 
     # Honest lineage: each asset depends on the tables it reads. The stream writes `anomalies` (from
     # the ticks it also stores in `prices`); the batch `price_anomalies` recomputes them from
-    # `prices` and compares with `anomalies`; enrichment reads `anomalies` and `headlines`.
+    # `prices` and compares with `anomalies`; the stream turns `anomalies` into episode events
+    # (`alert_events`); enrichment reads the alerts there and `headlines`.
     assert parents("anomalies") == {"prices"}
     assert parents("price_anomalies") == {"prices", "anomalies"}
     assert parents("market_backtest") == {"prices"}
-    assert parents("alert_enrichments") == {"anomalies", "headlines"}
+    assert parents("alert_events") == {"anomalies"}
+    assert parents("alert_enrichments") == {"alert_events", "headlines"}
+    assert not graph.get(dg.AssetKey("alert_events")).is_materializable  # written by the stream
     assert not graph.get(dg.AssetKey("anomalies")).is_materializable  # written by the stream
     anomalies = graph.get(dg.AssetKey("price_anomalies"))
     assert anomalies.partitions_def is not None

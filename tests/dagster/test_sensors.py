@@ -14,13 +14,16 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import asyncpg
 import dagster as dg
 import psutil
 import pytest
 from dagster._core.events import DagsterEvent
 
+from mw_core.adapters.postgres.episodes import insert_events, mark_events_published, unpublished_events
 from mw_core.adapters.postgres.prices import write_batch
 from mw_core.config import load_settings
+from mw_core.markets.episodes import EpisodeEvent, EventKind, episode_id
 from mw_core.models import Anomaly, Tick
 from mw_dagster.definitions import build_resources, defs
 from mw_dagster.infra.health import report_service_health
@@ -135,23 +138,65 @@ def test_rss_sensor_without_feeds_skips(postgres: PostgresResource) -> None:
 # --- new_anomalies_sensor ---------------------------------------------------------------------------
 
 
-def test_new_anomalies_sensor_walks_the_id_cursor(postgres: PostgresResource) -> None:
+def _event(symbol: str, ts: int, seq: int = 1, kind: EventKind = "open") -> EpisodeEvent:
+    return EpisodeEvent(
+        episode_id=episode_id(symbol, ts if seq == 1 else ts - 60_000),
+        seq=seq,
+        kind=kind,
+        symbol=symbol,
+        ts=ts,
+        window_s=60,
+        ret=-0.03,
+        direction="down",
+        price=100.0,
+        threshold=0.02,
+        ref_price=103.0,
+        ref_ts=ts - 60_000,
+        peak_ret=-0.03,
+        peak_window_s=60,
+        extreme_price=100.0,
+        opened_ts=ts if seq == 1 else ts - 60_000,
+        summary=f"{symbol} down -3.00% over 1 min; episode {kind}.",
+    )
+
+
+def _publish_events(postgres: PostgresResource, events: list[EpisodeEvent]) -> None:
+    async def store(pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await insert_events(conn, events)
+        await mark_events_published(pool, [i for i, _ in await unpublished_events(pool)])
+
+    postgres.run(store)
+
+
+def test_new_anomalies_sensor_walks_the_alert_event_cursor(postgres: PostgresResource) -> None:
+    """It triggers on new alerts (open / escalate episode events), not on raw detections."""
     instance = dg.DagsterInstance.ephemeral()
     t0 = 1722820259999
-    batch = [Anomaly(s, t0, 60, -0.03, "down", 100.0, 0.02) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
-    postgres.run(lambda pool: write_batch(pool, [], [], batch))
+    raw = [Anomaly(s, t0, 60, -0.03, "down", 100.0, 0.02) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+    postgres.run(lambda pool: write_batch(pool, [], [], raw))
+    none = _tick(new_anomalies_sensor, instance, None, postgres=postgres)
+    assert not none.run_requests and none.cursor == "events:0" and "after event id 0" in _skip(none)
 
-    first = _tick(new_anomalies_sensor, instance, None, postgres=postgres)
-    assert [r.run_key for r in first.run_requests or []] == ["anomalies-1-3"]
-    assert first.cursor == "3"
+    _publish_events(postgres, [_event(s, t0) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")])
+    first = _tick(new_anomalies_sensor, instance, none.cursor, postgres=postgres)
+    assert [r.run_key for r in first.run_requests or []] == ["events-1-3"]
+    assert first.cursor == "events:3"
 
     idle = _tick(new_anomalies_sensor, instance, first.cursor, postgres=postgres)
-    assert not idle.run_requests and idle.cursor == "3" and "after id 3" in _skip(idle)
+    assert not idle.run_requests and idle.cursor == "events:3" and "after event id 3" in _skip(idle)
 
-    late = Anomaly("BTCUSDT", t0 + 120_000, 300, 0.05, "up", 105.0, 0.03)
-    postgres.run(lambda pool: write_batch(pool, [], [], [late]))
-    nxt = _tick(new_anomalies_sensor, instance, idle.cursor, postgres=postgres)
-    assert [r.run_key for r in nxt.run_requests or []] == ["anomalies-4-4"] and nxt.cursor == "4"
+    # A close event is not an alert; the escalation after it is.
+    _publish_events(postgres, [_event("ETHUSDT", t0 + 3_600_000, 2, "close")])
+    quiet = _tick(new_anomalies_sensor, instance, idle.cursor, postgres=postgres)
+    assert not quiet.run_requests and quiet.cursor == "events:3"
+    _publish_events(postgres, [_event("BTCUSDT", t0 + 120_000, 2, "escalate")])
+    nxt = _tick(new_anomalies_sensor, instance, quiet.cursor, postgres=postgres)
+    assert [r.run_key for r in nxt.run_requests or []] == ["events-5-5"] and nxt.cursor == "events:5"
+
+    # A cursor of the earlier shape (an anomalies.id) restarts the walk instead of skipping alerts.
+    legacy = _tick(new_anomalies_sensor, instance, "4", postgres=postgres)
+    assert [r.run_key for r in legacy.run_requests or []] == ["events-1-5"]
 
 
 # --- health -----------------------------------------------------------------------------------------

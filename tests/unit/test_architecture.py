@@ -44,6 +44,11 @@ PURE_MODULES = [
     "mw_core/news/sentiment.py",
     "mw_core/news/tagging.py",
     "mw_core/enrich/prompt.py",
+    "mw_core/charts/model.py",
+    "mw_core/charts/render.py",
+    "mw_core/charts/alert.py",
+    "mw_core/charts/market.py",
+    "mw_core/charts/embed.py",
 ]
 #: Service rooms: they never reach into the local platform or the CLI.
 SERVICE_ROOMS = ["ingest", "processor", "news", "enrich", "notify", "adapters", "markets", "batch", "charts"]

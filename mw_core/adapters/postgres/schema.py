@@ -2,14 +2,15 @@
 
 Contract:
 - `apply_schema(pool)` is idempotent and safe to run concurrently (advisory lock); it records every
-  applied migration in `schema_version`. With the `timescaledb` extension available it turns the
-  time-series tables into hypertables with compression and retention policies and a continuous
-  aggregate; without it, plain tables + (symbol, ts) indexes and a portable `date_bin` view. Which
-  path was taken is logged and returned.
+  applied migration in `schema_version`. Then the path-dependent steps of
+  `mw_core.adapters.postgres.features` (TimescaleDB hypertables, compression, retention and a
+  continuous aggregate when the extension is available; BRIN indexes and a portable `date_bin`
+  view otherwise), each run once and recorded in `schema_features`. Which path was taken and
+  which steps ran now are logged and returned.
 - The tables' natural keys (primary keys / unique constraints) are what make the repositories'
   writes (`prices`, `anomalies`, `mw_core.news.store`, `mw_core.enrich.store`) idempotent.
 - `table_counts` reads row counts of the fixed `TABLES` allow-list only.
-- All SQL is static text; the Timescale policy intervals are module constants, never values.
+- All SQL is static text.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from mw_core.adapters.postgres import features
+
 log = logging.getLogger(__name__)
 
 SCHEMA_LOCK_ID = 7_246_771_001  # pg_advisory_xact_lock key for migrations
-# Compression must not touch chunks a backfill may still write into (REST backfill covers at most
-# ~1000 minutes; Dagster backfills re-read days): compress after 30 days, keep 2 years.
-COMPRESS_AFTER = "30 days"
-RETENTION = "730 days"
 
 TABLES = (
     "prices",
@@ -37,6 +36,8 @@ TABLES = (
     "batch_anomalies",
     "alert_episodes",
     "alert_events",
+    "anomaly_enrichments",
+    "notification_deliveries",
 )
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -194,42 +195,77 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        3,
+        "alert_enrichments per alert (open / escalate episode event); old per-anomaly rows kept as "
+        "anomaly_enrichments",
+        [
+            # Enrichment moved from raw detections to the alerts a person receives. The table name
+            # stays with the Dagster asset that writes it; the per-anomaly rows of earlier versions
+            # are kept (renamed, with their constraints) rather than dropped: they were paid for.
+            "ALTER TABLE alert_enrichments RENAME TO anomaly_enrichments",
+            "ALTER TABLE anomaly_enrichments RENAME CONSTRAINT alert_enrichments_pkey TO anomaly_enrichments_pkey",
+            """
+            ALTER TABLE anomaly_enrichments
+                RENAME CONSTRAINT alert_enrichments_anomaly_id_fkey TO anomaly_enrichments_anomaly_id_fkey
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS alert_enrichments (
+                episode_id         text             NOT NULL,
+                seq                integer          NOT NULL,
+                model              text             NOT NULL,
+                summary            text             NOT NULL,
+                is_template        boolean          NOT NULL DEFAULT false,
+                prompt_tokens      integer          NOT NULL DEFAULT 0,
+                completion_tokens  integer          NOT NULL DEFAULT 0,
+                latency_ms         double precision,
+                created_at         timestamptz      NOT NULL DEFAULT now(),
+                PRIMARY KEY (episode_id, seq, model),
+                FOREIGN KEY (episode_id, seq) REFERENCES alert_events (episode_id, seq) ON DELETE CASCADE
+            )
+            """,
+        ],
+    ),
+    (
+        4,
+        "notification_deliveries: every delivery attempt of an alert to a channel (mw notify)",
+        [
+            # One row per attempt (delivered / failed / parked / dead) plus one `queued` row per
+            # (event, channel) written before the alerts offset is committed: the notifier's
+            # pending state. See mw_core.adapters.postgres.notifications.
+            """
+            CREATE TABLE IF NOT EXISTS notification_deliveries (
+                id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                channel          text             NOT NULL,
+                channel_name     text             NOT NULL,
+                event_key        text             NOT NULL,
+                idempotency_key  text             NOT NULL,
+                status           text             NOT NULL
+                    CHECK (status IN ('queued', 'delivered', 'failed', 'parked', 'dead')),
+                attempt          integer          NOT NULL DEFAULT 0,
+                http_status      integer,
+                latency_ms       double precision,
+                error            text,
+                payload          bytea,
+                created_at       timestamptz      NOT NULL DEFAULT now()
+            )
+            """,
+            # At most one pending state and one final state per (event, channel).
+            """
+            CREATE UNIQUE INDEX IF NOT EXISTS notification_deliveries_queued_key
+                ON notification_deliveries (idempotency_key) WHERE status = 'queued'
+            """,
+            """
+            CREATE UNIQUE INDEX IF NOT EXISTS notification_deliveries_final_key
+                ON notification_deliveries (idempotency_key) WHERE status IN ('delivered', 'dead')
+            """,
+            "CREATE INDEX IF NOT EXISTS notification_deliveries_key_idx ON notification_deliveries (idempotency_key)",
+            "CREATE INDEX IF NOT EXISTS notification_deliveries_channel_idx ON notification_deliveries (channel, created_at)",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-_TIMESCALE_SQL = [
-    "SELECT create_hypertable('prices', by_range('ts', INTERVAL '1 day'), if_not_exists => TRUE, migrate_data => TRUE)",
-    "SELECT create_hypertable('metrics', by_range('ts', INTERVAL '1 day'), if_not_exists => TRUE, migrate_data => TRUE)",
-    """ALTER TABLE prices SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol',
-           timescaledb.compress_orderby = 'ts')""",
-    f"SELECT add_compression_policy('prices', compress_after => INTERVAL '{COMPRESS_AFTER}', if_not_exists => TRUE)",
-    f"SELECT add_retention_policy('prices', drop_after => INTERVAL '{RETENTION}', if_not_exists => TRUE)",
-    f"SELECT add_retention_policy('metrics', drop_after => INTERVAL '{RETENTION}', if_not_exists => TRUE)",
-    """
-    CREATE MATERIALIZED VIEW IF NOT EXISTS prices_1m WITH (timescaledb.continuous) AS
-        SELECT symbol, time_bucket(INTERVAL '1 minute', ts) AS bucket,
-               first(price, ts) AS open, max(price) AS high, min(price) AS low,
-               last(price, ts) AS close, count(*) AS n
-        FROM prices GROUP BY symbol, bucket WITH NO DATA
-    """,
-    """SELECT add_continuous_aggregate_policy('prices_1m', start_offset => INTERVAL '1 day',
-           end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE)""",
-]
-
-_PORTABLE_SQL = [
-    # BRIN: ticks arrive in time order, so a block-range index serves time-range scans at a
-    # fraction of a btree's write cost (the (symbol, ts) primary key serves per-symbol reads).
-    "CREATE INDEX IF NOT EXISTS prices_ts_brin ON prices USING brin (ts)",
-    "CREATE INDEX IF NOT EXISTS metrics_ts_brin ON metrics USING brin (ts)",
-    """
-    CREATE OR REPLACE VIEW prices_1m AS
-        SELECT symbol, date_bin(INTERVAL '1 minute', ts, TIMESTAMPTZ '2000-01-01') AS bucket,
-               (array_agg(price ORDER BY ts))[1] AS open, max(price) AS high, min(price) AS low,
-               (array_agg(price ORDER BY ts DESC))[1] AS close, count(*) AS n
-        FROM prices GROUP BY symbol, bucket
-    """,
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +273,7 @@ class SchemaInfo:
     version: int
     timescale: bool
     applied: tuple[int, ...]  # migrations applied by this call
-
-
-async def timescale_available(conn: asyncpg.Connection) -> bool:
-    row = await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    return row is not None
+    features_applied: tuple[str, ...] = ()  # path-dependent steps applied by this call ("timescale:2")
 
 
 async def apply_schema(pool: asyncpg.Pool) -> SchemaInfo:
@@ -268,29 +300,32 @@ async def apply_schema(pool: asyncpg.Pool) -> SchemaInfo:
                 "INSERT INTO schema_version (version, description) VALUES ($1, $2)", version, description
             )
             applied.append(version)
-        timescale = await timescale_available(conn)
-        if timescale:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            for sql in _TIMESCALE_SQL:
-                await conn.execute(sql)
-        else:
-            for sql in _PORTABLE_SQL:
-                await conn.execute(sql)
+        timescale = await features.timescale_available(conn)
+        features_applied = await features.apply_transactional_steps(conn, timescale)
+    # CALL refresh_continuous_aggregate refuses a transaction block: after the commit.
+    features_applied += await features.apply_after_commit_steps(pool, timescale)
     if timescale:
         log.info(
             "schema v%s ready: TimescaleDB ON (hypertables, compression after %s, retention %s, "
-            "continuous aggregate prices_1m)",
+            "continuous aggregate prices_1m); steps applied now: %s",
             SCHEMA_VERSION,
-            COMPRESS_AFTER,
-            RETENTION,
+            features.COMPRESS_AFTER,
+            features.RETENTION,
+            features_applied or "none",
         )
     else:
         log.info(
             "schema v%s ready: TimescaleDB extension not available -> Timescale features OFF "
-            "(plain tables + (symbol, ts) indexes, portable date_bin view prices_1m)",
+            "(plain tables + (symbol, ts) indexes, portable date_bin view prices_1m); steps applied now: %s",
             SCHEMA_VERSION,
+            features_applied or "none",
         )
-    return SchemaInfo(version=SCHEMA_VERSION, timescale=timescale, applied=tuple(applied))
+    return SchemaInfo(
+        version=SCHEMA_VERSION,
+        timescale=timescale,
+        applied=tuple(applied),
+        features_applied=tuple(features_applied),
+    )
 
 
 async def table_counts(pool: asyncpg.Pool, tables: Iterable[str] = TABLES) -> dict[str, int]:

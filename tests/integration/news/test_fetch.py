@@ -182,8 +182,8 @@ async def test_collect_isolates_broken_sources(server: FeedServer, tmp_path: Pat
     assert [r.source for r in results] == sources
 
     rss = by[server.url("/rss.xml")]
-    assert rss.ok and len(rss.items) == 5 and rss.duplicates == 1
-    assert rss.errors == ["entry 4: no title", "entry 5: no title"]
+    assert rss.ok and len(rss.items) == 6 and rss.duplicates == 1
+    assert rss.errors == ["entry 5: no title"]  # entry 4 has only a description: kept, title derived
     assert {h.source for h in rss.items} == {server.url("/rss.xml")}
     assert by[server.url("/missing.xml")].error == "HTTP 404 Not Found"
     assert by[server.url("/slow.xml")].error == "timeout after 0.5s"

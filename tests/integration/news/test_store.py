@@ -147,7 +147,7 @@ async def test_poll_store_poll_again_stores_nothing_new(pool: asyncpg.Pool) -> N
         atom = server.add("/atom.xml", Feed((FEEDS / "atom_decrypt.xml").read_bytes()))
         results = await collect([rss, atom], symbols=SYMBOLS)
         new_ids = await insert_headlines(pool, [h for r in results for h in r.items])
-        assert len(new_ids) == 8
+        assert len(new_ids) == 9  # 6 RSS (one with a derived title) + 3 Atom
         cursor = next_cursor(results)
 
         # conditional poll: nothing downloaded, nothing stored
@@ -157,7 +157,7 @@ async def test_poll_store_poll_again_stores_nothing_new(pool: asyncpg.Pool) -> N
 
         # unconditional re-poll (e.g. lost cursor): everything parsed again, still nothing new
         fresh = await collect([rss, atom], symbols=SYMBOLS)
-        assert sum(len(r.items) for r in fresh) == 8
+        assert sum(len(r.items) for r in fresh) == 9
         assert await insert_headlines(pool, [h for r in fresh for h in r.items]) == []
 
     near = await headlines_near(pool, "BTCUSDT", dt_to_ms(datetime(2024, 8, 5, 6, 15, tzinfo=UTC)))

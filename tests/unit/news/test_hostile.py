@@ -9,9 +9,10 @@ large to store, generated here. For every document, under an http(s) and a file 
 - every link is ``None`` or an absolute http(s) URL with a host and no user-info;
 - ids and texts carry no control characters.
 
-Most of feedparser's sanitizer feeds have entries without a title, which `parse_feed` drops before
-their hostile summary is cleaned; so every entry is also fed to `parse_entry` with each of its
-text fields (summary, content, title) in the title's place.
+Entries without a title get one derived from their (sanitised) description, and entries whose
+title sanitises to nothing are dropped before their hostile summary is seen; so every entry is
+also fed to `parse_entry` with each of its text fields (summary, content, title) in the title's
+place.
 """
 
 from __future__ import annotations

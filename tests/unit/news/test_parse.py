@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import mw_core.news.parse as parse_module
 from mw_core.news.parse import (
+    DERIVED_TITLE_MAX,
     ID_MAX,
     Headline,
     decode_headline,
@@ -18,6 +19,7 @@ from mw_core.news.parse import (
     headline_to_dict,
     make_id,
     parse_feed,
+    title_from_description,
 )
 from mw_core.news.sanitize import has_markup
 from tests.conftest import FIXTURES
@@ -42,13 +44,13 @@ def coindesk() -> dict[str, Headline]:
     assert result.version == "rss20"
     assert result.bozo is None
     assert result.error is None
-    assert result.errors == ["entry 4: no title", "entry 5: no title"]
+    assert result.errors == ["entry 5: no title"]  # entry 4 has no title but a description
     assert result.duplicates == 1
     return {h.title.split()[0]: h for h in result.items}
 
 
 def test_rss_items_and_ids(coindesk: dict[str, Headline]) -> None:
-    assert list(coindesk) == ["Bitcoin", "Solana", "Exchange", "Dogecoin", "Cardano"]
+    assert list(coindesk) == ["Bitcoin", "Solana", "Exchange", "Dogecoin", "Untitled", "Cardano"]
     # permalink guid used as is
     assert coindesk["Bitcoin"].id == "https://www.coindesk.com/markets/2024/08/05/bitcoin-plunges-below-50k"
     # non-URI guid: only unique per feed, so namespaced by the source
@@ -210,6 +212,76 @@ def test_untitled_or_markup_only_titles_are_errors() -> None:
     )
     assert [h.title for h in result.items] == ["Real one"]
     assert result.errors == ["entry 0: no title", "entry 1: no title", "entry 2: no title"]
+
+
+def test_an_item_with_only_a_description_is_kept_with_a_derived_title(coindesk: dict[str, Headline]) -> None:
+    untitled = coindesk["Untitled"]
+    assert untitled.title == "Untitled items keep their description."
+    assert untitled.summary.startswith(untitled.title) and untitled.summary.endswith("stays the summary.")
+    assert untitled.id == "https://www.coindesk.com/no-title"  # the link, as for a titled item
+
+
+def test_derived_titles_are_sanitised_first_sentences_capped() -> None:
+    long_sentence = "Bitcoin " + "rallies again " * 40 + "today. Second sentence."
+    result = parse_feed(
+        rss(
+            "<description>&lt;p&gt;&lt;b&gt;BTC&lt;/b&gt; jumps 5%! &lt;script&gt;alert(1)&lt;/script&gt;"
+            "Traders cheer.&lt;/p&gt;</description><guid>urn:d:1</guid>",
+            f"<description>{long_sentence}</description><guid>urn:d:2</guid>",
+            "<description>No sentence end at all</description><guid>urn:d:3</guid>",
+            "<title></title><description>Empty title element. Derived too.</description><guid>urn:d:4</guid>",
+            "<description>&lt;script&gt;alert(1)&lt;/script&gt;</description><guid>urn:d:5</guid>",
+        ),
+        source="x",
+        symbols=SYMBOLS,
+    )
+    titles = {h.id: h.title for h in result.items}
+    assert titles["urn:d:1"] == "BTC jumps 5%!"
+    assert titles["urn:d:2"].startswith("Bitcoin rallies again") and titles["urn:d:2"].endswith("\u2026")
+    assert len(titles["urn:d:2"]) <= DERIVED_TITLE_MAX
+    assert titles["urn:d:3"] == "No sentence end at all"
+    assert titles["urn:d:4"] == "Empty title element."
+    assert "urn:d:5" not in titles  # nothing readable in the description: still "no title"
+    assert result.errors == ["entry 4: no title"]
+    assert result.items[0].symbols == ("BTCUSDT",)
+    for h in result.items:
+        assert not has_markup(h.title) and "alert" not in h.title
+    assert title_from_description("One. Two.") == "One."
+
+
+def test_derived_title_ids_are_stable_and_keep_distinct_items_apart() -> None:
+    """Without guid or link the id hashes the whole description: same first sentence, two items."""
+    doc = rss(
+        "<description>Market update. BTC at 60k.</description>",
+        "<description>Market update. BTC at 61k.</description>",
+        "<description>Market update. BTC at 61k.</description>",  # a real duplicate
+    )
+    one = parse_feed(doc, source="https://one.example/feed", symbols=SYMBOLS)
+    again = parse_feed(doc, source="https://one.example/feed", symbols=SYMBOLS)
+    other = parse_feed(doc, source="https://two.example/feed", symbols=SYMBOLS)
+    assert [h.title for h in one.items] == ["Market update.", "Market update."]
+    assert one.duplicates == 1 and len({h.id for h in one.items}) == 2
+    assert [h.id for h in one.items] == [h.id for h in again.items]
+    assert all(h.id.startswith("sha256:") for h in one.items)
+    assert {h.id for h in one.items}.isdisjoint(h.id for h in other.items)  # the source is hashed too
+    # A titled item whose title is that text does not collide with the untitled one.
+    assert make_id(
+        guid=None, link=None, title="Market update. BTC at 60k.", source="https://one.example/feed"
+    ) != (one.items[0].id)
+
+
+def test_the_feedparser_corpus_keeps_its_untitled_items() -> None:
+    """Of feedparser's own test corpus only 198 items came through while untitled ones were dropped."""
+    corpus = sorted((FIXTURES / "feeds" / "hostile" / "feedparser").rglob("*.xml"))
+    items = [
+        h
+        for path in corpus
+        for h in parse_feed(
+            path.read_bytes(), source="https://hostile.example/feeds/news.xml", symbols=SYMBOLS
+        ).items
+    ]
+    assert len(items) >= 240, len(items)
+    assert all(h.title.strip() and not has_markup(h.title) for h in items)
 
 
 def test_ids_are_stable_and_namespaced() -> None:
