@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from mw_core.markets.episodes import EpisodeEvent
-from mw_core.models import Anomaly, DeadLetter, Tick, ms_to_dt
+from mw_core.models import DeadLetter, Tick, ms_to_dt
 
 SYMBOL_MAX_LEN = 20
 # Plausible event-time range: Binance launched in 2017; anything before is a unit or clock bug.
@@ -175,36 +175,6 @@ def encode_tick(tick: Tick) -> tuple[bytes, bytes]:
         if value is not None:
             body[name] = value
     return tick.symbol.encode(), orjson.dumps(body)
-
-
-def template_summary(a: Anomaly) -> str:
-    """Deterministic one-line summary of an anomaly (used when no LLM is configured)."""
-    window = f"{a.window_s // 60} min" if a.window_s % 60 == 0 else f"{a.window_s} s"
-    move = "rose" if a.direction == "up" else "fell"
-    vol = f", volatility {a.volatility * 100:.2f}%" if a.volatility is not None else ""
-    return (
-        f"[template] {a.symbol} {move} {abs(a.ret) * 100:.2f}% in {window} to {a.price:g} "
-        f"at {ms_to_dt(a.ts).strftime('%Y-%m-%d %H:%M:%S')} UTC "
-        f"(threshold {a.threshold * 100:.2f}%{vol})."
-    )
-
-
-def encode_alert(a: Anomaly, *, summary: str | None = None, **extra: Any) -> tuple[bytes, bytes]:
-    """(key, value) for the `alerts` topic."""
-    body: dict[str, Any] = {
-        "symbol": a.symbol,
-        "ts": a.ts,
-        "time": ms_to_dt(a.ts).isoformat(),
-        "window_s": a.window_s,
-        "return": a.ret,
-        "direction": a.direction,
-        "price": a.price,
-        "threshold": a.threshold,
-        "volatility": a.volatility,
-        "summary": summary if summary is not None else template_summary(a),
-    }
-    body.update(extra)
-    return a.symbol.encode(), orjson.dumps(body)
 
 
 def encode_event(e: EpisodeEvent) -> tuple[bytes, bytes]:

@@ -40,7 +40,7 @@ anomalies = dg.AssetSpec(
         "Anomalies the streaming processor detects as the ticks arrive (window returns over their "
         "thresholds, one per symbol per cooldown), stored in PostgreSQL `anomalies`. On start-up the "
         "processor rehydrates its windows from `prices`. External to Dagster: "
-        "`new_anomalies_sensor` watches it, `price_anomalies` reconciles it in batch."
+        "the processor turns them into alert episodes (`alert_events`), `price_anomalies` reconciles it in batch."
     ),
     kinds={"postgres"},
 )

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mw_core.markets import codec
-from mw_core.models import Anomaly, DeadLetter, Tick
+from mw_core.markets.episodes import EpisodeEvent
+from mw_core.models import DeadLetter, Tick
 
 pytestmark = pytest.mark.unit
 NOW = 1_800_000_000_000
@@ -86,13 +87,34 @@ def test_fuzz_json_objects_only_ever_bad_message(obj: dict) -> None:
     assert codec.MIN_TS_MS <= tick.ts <= NOW + codec.MAX_FUTURE_MS
 
 
-def test_alert_and_dead_letter_encoding() -> None:
-    a = Anomaly("BTCUSDT", 1_722_820_259_999, 300, -0.0484, "down", 54321.0, 0.03, 0.004)
-    key, value = codec.encode_alert(a)
+def test_episode_event_and_dead_letter_encoding() -> None:
+    e = EpisodeEvent(
+        episode_id="BTCUSDT-1722820259999",
+        seq=2,
+        kind="escalate",
+        symbol="BTCUSDT",
+        ts=1_722_820_259_999,
+        window_s=300,
+        ret=-0.0484,
+        direction="down",
+        price=54321.0,
+        threshold=0.03,
+        ref_price=57085.0,
+        ref_ts=1_722_819_959_999,
+        peak_ret=-0.0484,
+        peak_window_s=300,
+        extreme_price=54321.0,
+        opened_ts=1_722_820_199_999,
+        summary="BTCUSDT down -4.84% over 5 min",
+    )
+    key, value = codec.encode_event(e)
     body = orjson.loads(value)
     assert key == b"BTCUSDT"
-    assert body["window_s"] == 300 and body["direction"] == "down" and body["return"] == -0.0484
+    assert body["type"] == "episode" and body["kind"] == "escalate" and body["seq"] == 2
+    assert body["window_s"] == 300 and body["direction"] == "down" and body["ret"] == -0.0484
     assert body["time"] == "2024-08-05T01:10:59.999000+00:00"
-    assert body["summary"].startswith("[template] BTCUSDT fell 4.84% in 5 min")
+    assert codec.event_key(value) == ("BTCUSDT-1722820259999", 2)
+    assert codec.event_key(orjson.dumps({"type": "enrichment", "episode_id": "x", "seq": 1})) is None
+    assert codec.event_key(b"not json") is None
     dl = orjson.loads(codec.encode_dead_letter(DeadLetter("bad_price", "prices", b"\xff{", "x")))
     assert dl["reason"] == "bad_price" and dl["raw"] == "\ufffd{"
