@@ -41,6 +41,8 @@ from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.config import Settings
 from mw_core.local.ports import free_port
 from mw_core.markets import codec
+from mw_core.markets.analysis import Analyzer
+from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.models import Tick
 
 T0 = 1_722_816_000_000  # 2024-08-05 00:00 UTC
@@ -328,3 +330,20 @@ async def stored_events(url: str, *, unpublished: bool = False) -> list[dict[str
     finally:
         await pool.close()
     return [orjson.loads(codec.encode_event(e)[1]) for e in events]
+
+
+async def settled(url: str, total: int) -> bool:
+    """`total` ticks stored and the outbox empty (every episode event marked published)."""
+    rows = await fetch(
+        url,
+        "SELECT (SELECT count(*) FROM prices) AS n,"
+        " (SELECT count(*) FROM alert_events WHERE published_at IS NULL) AS unpublished",
+    )
+    return bool(rows[0]["n"] == total and rows[0]["unpublished"] == 0)
+
+
+def pure_events(settings: Settings, ticks: Iterable[Tick]) -> list[EpisodeEvent]:
+    """The episode events of THE analysis path run in memory over `ticks` (no Kafka, no restart)."""
+    policy = EpisodePolicy.from_settings(settings)
+    Analyzer.from_settings(settings, sink=policy).run(list(ticks))
+    return policy.take()

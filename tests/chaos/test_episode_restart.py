@@ -30,8 +30,7 @@ from pathlib import Path
 import pytest
 
 from mw_core.config import Settings
-from mw_core.markets.analysis import Analyzer
-from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
+from mw_core.markets.episodes import EpisodeEvent
 from mw_core.models import Tick
 from mw_core.replay.klines import read_kline_file
 from tests.chaos.support import (
@@ -42,7 +41,9 @@ from tests.chaos.support import (
     event_key,
     fetch,
     produce_ticks,
+    pure_events,
     read_topic,
+    settled,
     stored_events,
     wait_for,
 )
@@ -68,12 +69,6 @@ def crash_day() -> list[Tick]:
     return sorted(ticks, key=lambda t: (t.ts, t.symbol))
 
 
-def pure_events(settings: Settings, ticks: list[Tick]) -> list[EpisodeEvent]:
-    policy = EpisodePolicy.from_settings(settings)
-    Analyzer.from_settings(settings, sink=policy).run(ticks)
-    return policy.take()
-
-
 def cuts_mid_episode(ticks: list[Tick], events: list[EpisodeEvent]) -> list[tuple[int, EpisodeEvent]]:
     """(index of the first tick after the open, the open) for each `CUT_SYMBOL` open with a sequel."""
     continued = {e.episode_id for e in events if e.seq > 1}
@@ -82,15 +77,6 @@ def cuts_mid_episode(ticks: list[Tick], events: list[EpisodeEvent]) -> list[tupl
         if e.symbol == CUT_SYMBOL and e.kind == "open" and e.episode_id in continued:
             out.append((next(i for i, t in enumerate(ticks) if t.ts > e.ts), e))
     return out
-
-
-async def _settled(url: str, total: int) -> bool:
-    rows = await fetch(
-        url,
-        "SELECT (SELECT count(*) FROM prices) AS n,"
-        " (SELECT count(*) FROM alert_events WHERE published_at IS NULL) AS unpublished",
-    )
-    return bool(rows[0]["n"] == total and rows[0]["unpublished"] == 0)
 
 
 @pytest.mark.timeout(240)
@@ -133,7 +119,7 @@ async def test_sigkill_mid_episode_rebuilds_it_and_publishes_each_event_once(
             spawned_at = time.monotonic()
             proc = ProcessorProcess(settings, tmp_path / "chaos", name=f"chaos-{k}").start()
             await wait_for(
-                lambda n=produced: _settled(url, n),  # type: ignore[misc]
+                lambda n=produced: settled(url, n),  # type: ignore[misc]
                 timeout=60,
                 interval=0.1,
                 what=f"segment {k} stored and published",
@@ -156,7 +142,7 @@ async def test_sigkill_mid_episode_rebuilds_it_and_publishes_each_event_once(
                     "s_to_settle_segment": round(settled_s, 1),
                 }
             )
-        await wait_for(lambda: _settled(clean_url, len(ticks)), timeout=60, what="the reference run")
+        await wait_for(lambda: settled(clean_url, len(ticks)), timeout=60, what="the reference run")
     finally:
         rc_chaos = proc.stop() if proc is not None else None
         rc_clean = reference.stop()

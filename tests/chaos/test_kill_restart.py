@@ -29,9 +29,7 @@ import orjson
 import pytest
 
 from mw_core.config import Settings
-from mw_core.markets.analysis import Analyzer
 from mw_core.markets.codec import encode_event
-from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.models import Tick
 from tests.chaos.support import (
     T0,
@@ -41,9 +39,10 @@ from tests.chaos.support import (
     ensure_schema,
     event_body,
     event_key,
-    fetch,
     produce_ticks,
+    pure_events,
     read_topic,
+    settled,
     stored_events,
     stored_ticks,
     wait_for,
@@ -77,15 +76,6 @@ def market(seed: int, symbols: int, n: int) -> list[Tick]:
 
 async def _count(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM prices"))
-
-
-async def _settled(url: str, total: int) -> bool:
-    rows = await fetch(
-        url,
-        "SELECT (SELECT count(*) FROM prices) AS n,"
-        " (SELECT count(*) FROM alert_events WHERE published_at IS NULL) AS unpublished",
-    )
-    return bool(rows[0]["n"] == total and rows[0]["unpublished"] == 0)
 
 
 @pytest.mark.timeout(120 + 15 * KILLS)
@@ -163,8 +153,8 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
                     "s_to_progress_after_restart": round(resumed_s, 1),
                 }
             )
-        await wait_for(lambda: _settled(url, total), timeout=90, interval=0.2, what="chaos run to finish")
-        await wait_for(lambda: _settled(clean_url, total), timeout=60, interval=0.2, what="clean run")
+        await wait_for(lambda: settled(url, total), timeout=90, interval=0.2, what="chaos run to finish")
+        await wait_for(lambda: settled(clean_url, total), timeout=60, interval=0.2, what="clean run")
     finally:
         await conn.close()
         rc_chaos, rc_clean = proc.stop(), reference.stop()
@@ -252,7 +242,7 @@ async def test_sigkill_between_alert_send_and_mark_publishes_each_alert_once(
         ticks = [
             t for s in ("OWAUSDT", "OWBUSDT", "OWCUSDT") for t in _walk(s, 1_400, {200: 0.05, 320: 0.09})
         ]
-        expected = _pure_events(settings, ticks)
+        expected = pure_events(settings, ticks)
         assert [e.kind for e in expected].count("close") == 3 and len(expected) == 9
         await produce_ticks(settings, ticks)
         first = ProcessorProcess(settings, tmp_path, name="first").start()
@@ -268,7 +258,7 @@ async def test_sigkill_between_alert_send_and_mark_publishes_each_alert_once(
         assert unmarked >= len(sent)
 
         second = ProcessorProcess(settings, tmp_path, name="second").start()
-        await wait_for(lambda: _settled(url, len(ticks)), timeout=60, what="the restart to publish")
+        await wait_for(lambda: settled(url, len(ticks)), timeout=60, what="the restart to publish")
         metrics = await second.metrics_text()
         assert second.stop() == 0
     finally:
@@ -304,10 +294,3 @@ def _walk(symbol: str, n: int, jumps: dict[int, float]) -> list[Tick]:
         price *= (1.0005 if i % 2 else 0.9995) * (1 + jumps.get(i, 0.0))
         out.append(Tick(symbol, T0 + i * 1000, round(price, 6), source="replay"))
     return out
-
-
-def _pure_events(settings: Settings, ticks: list[Tick]) -> list[EpisodeEvent]:
-    """The episode events of THE analysis path run in memory over `ticks` (no restart)."""
-    policy = EpisodePolicy.from_settings(settings)
-    Analyzer.from_settings(settings, sink=policy).run(ticks)
-    return policy.take()
