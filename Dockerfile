@@ -9,12 +9,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY mw_core ./mw_core
 COPY mw_dagster ./mw_dagster
 COPY sensors ./sensors
-RUN /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install .
+# constraints.txt pins every runtime dependency (and pip itself): the same versions on every build.
+# No `local` extra: the embedded PostgreSQL / Kafka servers are for laptops, not for this image.
+RUN /opt/venv/bin/pip install -c constraints.txt pip \
+    && /opt/venv/bin/pip install -c constraints.txt .
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="market-watch" \
@@ -33,8 +35,11 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # workspace.yaml loads the one code location (mw_dagster.definitions); dagster.yaml keeps runs,
 # events and schedules in PostgreSQL (env DAGSTER_PG_URL), shared by webserver and daemon.
-COPY workspace.yaml dagster.yaml ./
-RUN mkdir -p "$DAGSTER_HOME" /var/lib/mw \
+COPY workspace.yaml dagster.yaml deploy/healthcheck.py ./
+# $DAGSTER_HOME/storage is where compose mounts the dagster-storage volume: it must exist, owned by
+# mw, so that a new named volume is created mw-owned (an absent mount point makes it root-owned,
+# and compute logs and the maintenance job's pickled outputs could not be written).
+RUN mkdir -p "$DAGSTER_HOME/storage" /var/lib/mw \
     && cp /app/dagster.yaml "$DAGSTER_HOME/dagster.yaml" \
     && chown -R mw:mw "$DAGSTER_HOME" /var/lib/mw
 USER mw

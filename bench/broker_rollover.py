@@ -43,7 +43,7 @@ from mw_core.local.ports import free_port, port_open
 from mw_core.local.probes import http_ok
 from mw_core.local.provision import apply_schema, ensure_topics
 from mw_core.local.rollover import MB, BrokerRollover, RolloverPlan
-from mw_core.local.specs import ComponentSpec, ManagedSpec
+from mw_core.local.specs import ComponentSpec, ManagedSpec, Spec
 from mw_core.local.supervisor import Supervisor
 
 HERE = Path(__file__).resolve().parent
@@ -117,7 +117,7 @@ def run(
         "MW_CONSUMER_GROUP": settings.consumer_group,
         "MW_HOST": "127.0.0.1",
     }
-    specs = [
+    specs: list[Spec] = [
         ManagedSpec(
             "kafka",
             start=broker.start,

@@ -39,7 +39,7 @@ log = logging.getLogger("tick_producer")
 
 def chunks(ticks: int, symbols: int, chunk: int, *, seed: int = 11) -> Any:
     """Yield lists of (key, value) in event-time order (see the module docstring)."""
-    rng = random.Random(seed)  # noqa: S311 - synthetic data
+    rng = random.Random(seed)
     names = [f"R{i:04d}USDT" for i in range(symbols)]
     keys = [n.encode() for n in names]
     prices = [rng.uniform(1, 1000) for _ in names]
@@ -114,7 +114,12 @@ async def produce(settings: Settings, ticks: int, symbols: int, chunk: int) -> d
                 pending = [pending[i] for i in failed]
     finally:
         await producer.stop()
-    return {"ticks": ticks, "acked": acked, "resent": resent, "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "ticks": ticks,
+        "acked": acked,
+        "resent": resent,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def main() -> None:

@@ -254,7 +254,9 @@ class Settings(BaseSettings):
     notify_rate_per_min: float = Field(
         30.0, gt=0, description="Steady delivery rate per channel (messages per minute) after the burst."
     )
-    notify_burst: int = Field(10, ge=1, description="Messages a channel may receive at once before the rate applies.")
+    notify_burst: int = Field(
+        10, ge=1, description="Messages a channel may receive at once before the rate applies."
+    )
     notify_circuit_failures: int = Field(
         5, ge=1, description="Consecutive failures after which a channel is parked (circuit open)."
     )

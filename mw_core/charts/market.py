@@ -15,10 +15,9 @@ Pure (matplotlib on its own Agg canvas, see `render`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
-
-import numpy as np
 
 from mw_core.charts.model import Chart, Points
 from mw_core.charts.render import (
@@ -50,7 +49,7 @@ ALERT_KINDS = ("open", "escalate")
 
 
 def _in_window(points: Points, t0: int, t1: int) -> list[tuple[int, float]]:
-    return [(int(t), float(p)) for t, p in points if t0 <= t < t1 and np.isfinite(p) and p > 0]
+    return [(int(t), float(p)) for t, p in points if t0 <= t < t1 and math.isfinite(p) and p > 0]
 
 
 def overview_chart(
@@ -94,21 +93,23 @@ def overview_chart(
         change = pts[-1][1] / base - 1
         draw_price(ax, pts, holes, label=f"{symbol} {pct(change)}", color=colour, scale=100.0 / base)
         values += [100.0 * p / base for _, p in pts]
-    labelled: set[str] = set()
+    # One line artist per (symbol, direction): a plot call per alert costs more than drawing it.
+    marks: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for e in events:
-        if e.symbol not in bases or e.kind not in ALERT_KINDS or not t0 <= e.ts < t1:
-            continue
-        base, colour = bases[e.symbol]
-        label = None if e.direction in labelled else f"alert ({e.direction})"
-        labelled.add(e.direction)
+        if e.symbol in bases and e.kind in ALERT_KINDS and t0 <= e.ts < t1:
+            marks.setdefault((e.symbol, e.direction), []).append((e.ts, 100.0 * e.price / bases[e.symbol][0]))
+    labelled: set[str] = set()
+    for (symbol, direction), xy in sorted(marks.items()):
+        label = None if direction in labelled else f"alert ({direction})"
+        labelled.add(direction)
         ax.plot(
-            to_x([e.ts]),
-            [100.0 * e.price / base],
+            to_x([t for t, _ in xy]),
+            [v for _, v in xy],
             linestyle="none",
-            marker="^" if e.direction == "up" else "v",
+            marker="^" if direction == "up" else "v",
             markersize=8,
-            color=colour,
-            markeredgecolor=UP if e.direction == "up" else DOWN,
+            color=bases[symbol][1],
+            markeredgecolor=UP if direction == "up" else DOWN,
             markeredgewidth=1.5,
             zorder=5,
             label=label,

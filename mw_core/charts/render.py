@@ -17,6 +17,7 @@ Pure: no I/O beyond memory buffers.
 from __future__ import annotations
 
 import io
+import math
 import struct
 import time
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TICK_STEPS_MIN = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080)
 _MARKERS = {"open": "o", "escalate": "D", "close": "s"}
+_KIND_ORDER = {"open": 0, "escalate": 1, "close": 2}
 
 
 def new_figure(width_px: int = WIDTH_PX, height_px: int = HEIGHT_PX) -> Figure:
@@ -222,20 +224,25 @@ def mark_events(
     ax: Axes, events: Sequence[EpisodeEvent], *, t0: int, t1: int, focus: EpisodeEvent | None = None
 ) -> None:
     """One marker per episode event in [t0, t1): shape by kind, colour by direction; `focus` larger."""
-    labelled: set[str] = set()
+    groups: dict[tuple[str, str, bool], list[EpisodeEvent]] = {}
     for e in sorted(events, key=lambda x: (x.ts, x.seq)):
-        if not t0 <= e.ts < t1:
-            continue
-        big = focus is not None and e.key == focus.key
-        label = None if e.kind in labelled else f"{e.kind} (#{e.seq})" if big else e.kind
-        labelled.add(e.kind)
+        if t0 <= e.ts < t1:
+            big = focus is not None and e.key == focus.key
+            groups.setdefault((e.kind, e.direction, big), []).append(e)
+    labelled: set[str] = set()
+    # One artist per (kind, direction, focus): a plot call per event costs more than drawing it.
+    for (kind, direction, big), evs in sorted(
+        groups.items(), key=lambda g: (_KIND_ORDER.get(g[0][0], 9), g[0])
+    ):
+        label = None if kind in labelled else f"{kind} (#{evs[0].seq})" if big else kind
+        labelled.add(kind)
         ax.plot(
-            to_x([e.ts]),
-            [e.price],
+            to_x([e.ts for e in evs]),
+            [e.price for e in evs],
             linestyle="none",
-            marker=_MARKERS.get(e.kind, "o"),
+            marker=_MARKERS.get(kind, "o"),
             markersize=10 if big else 7,
-            color=UP if e.direction == "up" else DOWN,
+            color=UP if direction == "up" else DOWN,
             markeredgecolor="black" if big else "white",
             zorder=5,
             label=label,
@@ -274,7 +281,7 @@ def decorate(fig: Figure, ax: Axes, title: str, *, legend_cols: int = 4) -> None
 
 def y_limits(ax: Axes, values: Sequence[float], *, bottom_room: float = 0.04, top_room: float = 0.06) -> None:
     """y range over `values` with a share of the span left free below and above."""
-    finite = [v for v in values if np.isfinite(v)]
+    finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return
     lo, hi = min(finite), max(finite)

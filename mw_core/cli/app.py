@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from mw_core.cli import backtest, bench, config, doctor, news, replay, services, stack
+from mw_core.cli import backtest, bench, config, doctor, news, notify, replay, services, stack
 
 app = typer.Typer(
     help="Market Watch: real-time crypto market watch (Binance -> Kafka -> processor -> PostgreSQL, Dagster).",
@@ -42,6 +42,7 @@ app.add_typer(news_app, name="news")
 bench_app = typer.Typer(help="Benchmarks (numbers go to the README).", no_args_is_help=True)
 bench_app.command("processor")(bench.processor)
 app.add_typer(bench_app, name="bench")
+app.add_typer(notify.app, name="notify")
 
 
 def main() -> None:

@@ -10,6 +10,9 @@
 - `postgres`, `broker`, `runtime`: the embedded PostgreSQL and Kafka-protocol broker, started on
   demand when no server is configured; `pg_urls`: the URL shapes between them.
 - `provision`: databases, topics and schema on a server (`mw up` and `mw init`).
+- `rollover`: keeps the embedded broker under ``MW_BROKER_MAX_MEMORY_MB`` (pause producers, let the
+  consumer groups catch up, restart the broker, restart the consumers, resume); `drain`: has a
+  consumer group committed every record?
 """
 
 import warnings

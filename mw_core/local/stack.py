@@ -6,7 +6,8 @@ Contract:
   1. ``postgres``: the embedded PostgreSQL under ``state_dir/pg`` (or the external
      ``MW_DATABASE_URL``, checked), then databases ``marketwatch`` and ``dagster`` created if missing;
   2. ``kafka``: the embedded memory-only broker (or ``MW_KAFKA_BOOTSTRAP``), then the topics
-     (re-created after a broker restart, since the embedded broker keeps nothing);
+     (re-created after a broker restart, since the embedded broker keeps nothing); its memory is
+     capped by the rollover that `mw up` attaches (`mw_core.local.rollover.attach_rollover`);
   3. ``schema``: `mw_core.local.provision.apply_schema`;
   4. ``dagster-webserver`` and ``dagster-daemon``: run directly (never ``dagster dev``, which
      ignores SIGTERM when started from a non-interactive shell), ``DAGSTER_HOME=state_dir/dagster``

@@ -66,8 +66,12 @@ class DeliveryFailed(Exception):
         self.outcome = outcome
 
 
-class DeliveryRejected(DeliveryFailed):
-    """A permanent failure: the receiver refused this request; retrying cannot help."""
+class DeliveryRejected(Exception):
+    """A permanent failure: the receiver refused this request; retrying cannot help (not retried)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.error or "delivery rejected")
+        self.outcome = outcome
 
 
 def _asked_wait(exc: BaseException) -> float | None:

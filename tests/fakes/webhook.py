@@ -118,9 +118,7 @@ class Receiver:
         if signature_ok is False or (self.secret is not None and not key):
             code = 401
         with self._lock:
-            self.requests.append(
-                Received(time.monotonic(), h.path, headers, body, code, signature_ok, key)
-            )
+            self.requests.append(Received(time.monotonic(), h.path, headers, body, code, signature_ok, key))
             if 200 <= code < 300:
                 self.accepted[key or hashlib.sha256(body).hexdigest()] += 1
         reply = b'{"ok": true, "id": "1"}'

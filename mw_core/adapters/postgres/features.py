@@ -188,7 +188,9 @@ async def apply_transactional_steps(conn: asyncpg.Connection, timescale: bool) -
     Returns ``feature:version`` of the steps applied. Stops at the first after-commit step, so
     steps keep their order.
     """
-    await conn.execute(FEATURES_TABLE_SQL)
+    # Checked, not CREATE ... IF NOT EXISTS: a start with nothing to do runs no DDL at all.
+    if await conn.fetchval("SELECT to_regclass('schema_features')") is None:
+        await conn.execute(FEATURES_TABLE_SQL)
     feature, steps = steps_for(timescale)
     done = await _done(conn, feature)
     applied: list[str] = []

@@ -25,7 +25,7 @@ CAP_MB = 40  # trigger at 24 MB: a fresh broker holds ~15 MB and each tick adds 
 
 
 async def test_rollover_keeps_every_tick_under_the_cap(db_url: str) -> None:
-    proc = subprocess.run(  # noqa: S603 - our own script, fixed arguments
+    proc = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "broker_rollover.py"),

@@ -420,3 +420,52 @@ def test_port_reusable_after_stop(child: Path, events: Path, make_sup: Callable[
     with socket.socket() as s:  # no stale listener: the port can be bound again right away
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+
+
+def test_watcher_pauses_stops_and_starts_components_and_sets_status_fields(
+    child: Path, events: Path, make_sup: Callable[..., Supervisor]
+) -> None:
+    """The control a watcher (the broker rollover) uses, run from `run()`: pause / resume a group, a
+    planned stop and start that is not counted as a restart, extra fields in status.json."""
+    sup = make_sup([spec(child, "producer", events), spec(child, "consumer", events)])
+    paused: list[int] = []
+
+    def scenario() -> None:
+        if paused:
+            return
+        pid = sup.signal_component("producer", signal.SIGSTOP)
+        assert pid is not None
+        paused.append(pid)
+        wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+        sup.signal_component("producer", signal.SIGCONT)
+        wait_for(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED)
+
+        first = sup.component("consumer")["pid"]
+        sup.stop_component("consumer")
+        assert sup.component("consumer")["state"] == "stopped"
+        assert gone(first)
+        sup.poll()  # a planned stop is not a death: no restart is scheduled
+        assert sup.component("consumer")["state"] == "stopped"
+        sup.start_component("consumer")
+
+        def consumer_running() -> bool:
+            sup.poll()
+            return bool(sup.component("consumer")["state"] == "running")
+
+        wait_for(consumer_running)
+        assert sup.component("consumer")["pid"] not in (None, first)
+        assert sup.component("consumer")["restarts"] == 0
+
+        sup.set_fields("producer", rss_mb=12.5, rollovers=1)
+        status = read_status(sup.state_dir)
+        assert status is not None
+        assert status["components"][0]["rss_mb"] == 12.5
+        assert status["components"][0]["rollovers"] == 1
+        sup.signal_component("producer", signal.SIGSTOP)  # stop() must still end a paused group
+        sup.request_stop()
+
+    sup.add_watcher(scenario)
+    sup.run()
+    assert paused
+    assert gone(paused[0])
+    assert ("stop", "producer") in read_events(events)  # it handled the SIGTERM (SIGCONT after it)

@@ -30,3 +30,23 @@ def test_render_status_shows_components_and_urls() -> None:
     text = console.export_text()
     for needle in ("postgres", "running", "42", "http://127.0.0.1:3000", "u:***@db", "9.5s", "restart #1"):
         assert needle in text
+
+
+def test_status_shows_the_broker_memory_and_rollovers() -> None:
+    from rich.console import Console
+
+    from mw_core.cli.status_view import broker_memory, render_status
+
+    kafka = {
+        "component": "kafka",
+        "state": "running",
+        "rss_mb": 41.4,
+        "max_memory_mb": 256,
+        "rollovers": 2,
+        "last_rollover": {"at": "t", "pause_s": 1.26, "reason": "RSS"},
+    }
+    assert broker_memory([kafka]) == " 41 MB of 256 MB cap; 2 rollovers (last paused producers 1.3s)"
+    assert broker_memory([{"component": "kafka", "state": "external"}]) == ""
+    console = Console(record=True, width=200)
+    console.print(render_status({"running": True, "meta": {}, "components": [kafka], "events": []}))
+    assert "broker memory 41 MB of 256 MB cap; 2 rollovers" in console.export_text()
