@@ -207,14 +207,10 @@ def one_start(state_dir: Path, *, speed: str, idle_s: float, timeout: float) -> 
         probe.start()
     result: dict[str, Any] = {"start": "first" if first else "warm"}
     try:
-        up = subprocess.run(
-            [MW, "up", "--replay", "sample", "--speed", speed, "--detach", "--dagster-port", str(port)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+        up = _mw(
+            ["up", "--replay", "sample", "--speed", speed, "--detach", "--dagster-port", str(port)],
+            env,
+            timeout,
         )
         result["up_returned_s"] = round(time.monotonic() - t0, 2)
         if up.returncode != 0:
@@ -235,13 +231,18 @@ def one_start(state_dir: Path, *, speed: str, idle_s: float, timeout: float) -> 
         for probe in probes.values():
             probe.stop.set()
         t1 = time.monotonic()
-        down = subprocess.run(
-            [MW, "down"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=90, check=False
-        )
+        down = _mw(["down"], env, 90)
         result["down_s"] = round(time.monotonic() - t1, 2)
         if down.returncode != 0:
             print(f"mw down failed: {down.stderr}", file=sys.stderr)
     return result
+
+
+def _mw(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`mw <args>` from the repository root; output captured as text, the exit code left to the caller."""
+    return subprocess.run(
+        [MW, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:

@@ -231,6 +231,9 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(20.0, gt=0, description="Per-request LLM timeout.")
     llm_max_calls_per_run: int = Field(50, ge=0, description="Cap on LLM calls per enrichment run.")
     llm_max_tokens_per_run: int = Field(50_000, ge=0, description="Cap on LLM tokens per enrichment run.")
+    charts_per_run: int = Field(
+        20, ge=0, description="Cap on alert price charts rendered per `alert_enrichments` run (0 = none)."
+    )
 
     # --- notifications (mw_core.notify) -------------------------------------------------------
     notify_urls: SecretStr | None = Field(

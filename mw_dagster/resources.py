@@ -19,15 +19,20 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import dagster as dg
 from pydantic import Field
 
 from mw_core.adapters.postgres import quality, schema
+from mw_core.adapters.postgres.episodes import latest_alerts
 from mw_core.batch import partition as batch
+from mw_core.charts import reports
+from mw_core.charts.model import Chart
 from mw_core.config import ConfigError, Settings, load_settings
 from mw_core.enrich.store import alert_events_after
+from mw_core.markets.episodes import EpisodeEvent
 from mw_core.news.store import existing_headline_ids
 
 T = TypeVar("T")
@@ -90,6 +95,27 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def price_flow(self, *, now_ms: int, window_s: int = 60) -> quality.PriceFlow:
         return self.run(lambda pool: quality.price_flow(pool, now_ms=now_ms, window_s=window_s))
+
+    # --- charts (mw_core.charts.reports) -----------------------------------------------------------
+    def alert_charts(
+        self, *, events: Sequence[EpisodeEvent], cap: int, now_ms: int | None = None
+    ) -> list[tuple[EpisodeEvent, Chart | str]]:
+        """A chart (or the reason for none) per event, the first `cap` charted."""
+        return self.run(lambda pool: reports.alert_charts(pool, events, cap, now_ms=now_ms))
+
+    def latest_alerts(self, *, limit: int) -> list[EpisodeEvent]:
+        return self.run(lambda pool: latest_alerts(pool, limit=limit))
+
+    def overview_clock(self, *, settings: Settings, wall_ms: int) -> tuple[int, bool]:
+        """``(now_ms, replayed)`` of the market overview (`mw_core.charts.reports.overview_clock`)."""
+        return self.run(lambda pool: reports.overview_clock(pool, settings, wall_ms))
+
+    def market_overview(self, *, settings: Settings, now_ms: int) -> reports.Overview:
+        return self.run(lambda pool: reports.market_overview(pool, settings, now_ms))
+
+    def daily_report(self, *, settings: Settings, day_start_ms: int, state_dir: Path) -> reports.Report:
+        """Charts of one UTC day, written as HTML under ``state_dir/reports/``."""
+        return self.run(lambda pool: reports.daily_report(pool, settings, day_start_ms, state_dir))
 
 
 class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]

@@ -8,6 +8,8 @@ Contract:
   degraded chart with its `Chart.reason`; an event the builder cannot draw gets a reason string.
 - `alert_charts` charts at most `cap` events (in the given order); the others get a reason.
 - `market_overview` is "as of ``now_ms``": a replayed day can be looked at as it was.
+- `chart_order` puts one alert per symbol first (a cap still covers every symbol);
+  `overview_clock` picks the overview's "now" (the newest tick when the data is a replayed day).
 - `daily_report` writes ``<state_dir>/reports/market-report-YYYY-MM-DD.html`` (self-contained,
   every text escaped) and returns its path with the charts.
 Rendering is synchronous CPU work (~100-200 ms per chart); it runs on the caller's loop.
@@ -80,6 +82,33 @@ async def alert_charts(
                 out.append((e, f"chart not rendered: {type(exc).__name__}"))
     out += [(e, f"not charted: the per-run cap of {cap} charts was reached") for e in events[len(chosen) :]]
     return out
+
+
+def chart_order(events: Sequence[EpisodeEvent]) -> list[EpisodeEvent]:
+    """The newest alert of each symbol first, then the others; newest first within each part.
+
+    So a per-run cap still charts every alerted symbol once before any symbol gets a second chart.
+    """
+    newest = sorted(events, key=lambda e: (-e.ts, e.symbol, e.seq))
+    seen: set[str] = set()
+    first: list[EpisodeEvent] = []
+    rest: list[EpisodeEvent] = []
+    for e in newest:
+        (rest if e.symbol in seen else first).append(e)
+        seen.add(e.symbol)
+    return first + rest
+
+
+async def overview_clock(pool: asyncpg.Pool, settings: Settings, wall_ms: int) -> tuple[int, bool]:
+    """The overview's "now": `wall_ms`, or the newest tick when that is over 24 h old.
+
+    Returns ``(now_ms, replayed)``: a replayed day (its ticks are days old) is looked at as of its
+    last tick, so its chart is not an empty window of the present.
+    """
+    newest = await repo.newest_tick_ms(pool, list(settings.symbols))
+    if newest is not None and newest < wall_ms - DAY_MS:
+        return newest, True
+    return wall_ms, False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 from urllib.parse import urlparse
 
 import typer
@@ -33,7 +33,7 @@ class CheckResult:
 def doctor(
     timeout: Annotated[float, typer.Option(help="Seconds per check.")] = 5.0,
 ) -> None:
-    """Check the database, Kafka, and Binance reachability; print a table."""
+    """Check the database, Kafka, Binance and the notification channels; print a table."""
     settings = settings_or_exit()
     results = asyncio.run(run_checks(settings, timeout=timeout))
     table = Table("check", "target", "status", "detail", title="Market Watch doctor")
@@ -133,4 +133,19 @@ async def run_checks(settings: Settings, *, timeout: float = 5.0) -> list[CheckR
         checks.append(
             check_http("rss", feed, timeout, hint="headlines will be empty until feeds are reachable")
         )
-    return list(await asyncio.gather(*checks))
+    results = list(await asyncio.gather(*checks))
+    return results + await check_notify_channels(settings, timeout)
+
+
+async def check_notify_channels(settings: Settings, timeout: float) -> list[CheckResult]:
+    """One row per notification channel (masked name): parsed, and reachable when we can tell."""
+    from mw_core.notify.checks import check_channels
+
+    if not settings.notify_urls and not settings.webhook_url:
+        return [CheckResult("notify", "-", "ok", "no channels configured (MW_NOTIFY_URLS, MW_WEBHOOK_URL)")]
+    return [
+        CheckResult(
+            f"notify #{c.position}" if c.position else "notify", c.name, cast(Status, c.status), c.detail
+        )
+        for c in await check_channels(settings, timeout=timeout)
+    ]

@@ -8,6 +8,7 @@ Register in `mw_core/cli/app.py` with::
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import Annotated
 
@@ -16,6 +17,8 @@ from rich.table import Table
 
 from mw_core.cli.common import console, out, settings_or_exit
 from mw_core.telemetry import MetricsServer
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="Notifications: deliver alert events to Slack, Discord, Telegram, email, webhooks.",
@@ -44,6 +47,9 @@ def notify(
         console.print(f"[red]{exc}[/red]")
         infra.close()
         raise typer.Exit(2) from None
+    if not service.channels:
+        # `mw up` always runs the notifier (so `mw status` shows it); without channels it is idle.
+        log.warning("notify: no channels configured (set MW_NOTIFY_URLS and/or MW_WEBHOOK_URL)")
     metrics = MetricsServer(service.health, host=settings.host, port=settings.metrics_port).start()
     console.print(f"notify: metrics and health on {metrics.url}/metrics {metrics.url}/healthz")
 

@@ -313,6 +313,8 @@ def status(
             console.print(f"no stack has run from {state_dir} (start one with `mw up`)")
         raise typer.Exit(1)
     running = bool(st.get("running"))
+    if running:
+        st["notifications"] = _delivery_counts(settings, st.get("meta", {}))
     if as_json:
         sys.stdout.write(json.dumps(st, indent=2, default=str) + "\n")
     else:
@@ -327,6 +329,37 @@ def status(
         out.print(render_status(st, banners=banners, hint=hint))
     if not running:
         raise typer.Exit(1)
+
+
+def _delivery_counts(settings: Settings, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The notifier's per-channel counts from `notification_deliveries` ([] when unreachable).
+
+    The embedded database (trust auth) is reached through the address status.json shows; an
+    external one through MW_DATABASE_URL. Channel names in the table are already masked.
+    """
+    import asyncio
+    import dataclasses
+
+    from mw_core.adapters.postgres.notifications import delivery_counts
+    from mw_core.adapters.postgres.pool import create_pool
+
+    shown = str(meta.get("database_url") or "")
+    url = settings.database_url.get_secret_value() if settings.database_url else shown
+    if not url or "***" in url:
+        return []
+
+    async def fetch() -> list[dict[str, Any]]:
+        pool = await asyncio.wait_for(create_pool(url, min_size=1, max_size=1), 3.0)
+        try:
+            return [dataclasses.asdict(c) for c in await delivery_counts(pool)]
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(fetch())
+    except Exception as exc:  # a status view reports what it can; the table is optional
+        log.debug("delivery counts unavailable: %s", type(exc).__name__)
+        return []
 
 
 def _log_files(state_dir: Path) -> dict[str, Path]:

@@ -1,8 +1,9 @@
 """The status table of `mw up` / `mw status`, rendered from status.json content.
 
 Contract: `render_status(status)` only formats what it is given (components, addresses, the
-embedded broker's memory and rollovers, recent events, banners); it holds no password because
-status.json holds none. `wide` is the stdout console for it: piped or logged output is not
+embedded broker's memory and rollovers, recent events, banners, and the notifier's per-channel
+delivery counts under ``status["notifications"]``, channel names already privacy-masked); it
+holds no password because status.json holds none. `wide` is the stdout console for it: piped or logged output is not
 squeezed into 80 columns.
 """
 
@@ -88,6 +89,9 @@ def render_status(status: dict[str, Any], *, banners: Sequence[str] = (), hint: 
     info.append("state dir    ", style="bold")
     info.append(f"{meta.get('state_dir') or status.get('supervisor', {}).get('state_dir', '')}")
     lines.append(info)
+    deliveries = status.get("notifications") or []
+    if deliveries:
+        lines.append(delivery_table(deliveries))
     for banner in banners:
         ok = banner.endswith(": OK")
         lines.append(Text(banner, style="green" if ok else "bold yellow"))
@@ -113,3 +117,24 @@ def broker_memory(components: Sequence[dict[str, Any]]) -> str:
                 text += f" (last paused producers {last['pause_s']:.1f}s)"
             return text
     return ""
+
+
+def delivery_table(channels: Sequence[dict[str, Any]]) -> Table:
+    """Per channel (masked name): delivered / failed / parked / dead-lettered / pending, p95."""
+    table = Table(title="notifications", title_justify="left")
+    table.add_column("channel", overflow="fold")
+    for name in ("delivered", "failed", "parked", "dead", "pending", "p95"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for ch in channels:
+        p95 = ch.get("p95_latency_ms")
+        parked = int(ch.get("parked") or 0)
+        table.add_row(
+            str(ch.get("channel_name")),
+            str(ch.get("delivered", 0)),
+            str(ch.get("failed", 0)),
+            Text(str(parked), style="bold red" if parked else ""),
+            str(ch.get("dead", 0)),
+            str(ch.get("pending", 0)),
+            f"{p95:.0f} ms" if isinstance(p95, int | float) else "-",
+        )
+    return table

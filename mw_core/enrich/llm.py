@@ -228,10 +228,10 @@ class LLMClient:
         try:
             text, usage, served = retry_sync(
                 attempt,
-                retry_on=(_Retryable,),
                 base_s=self._backoff_base_s,
                 cap_s=self._backoff_max_s,
                 max_attempts=self.max_attempts,
+                retry_on=(_Retryable,),
                 on_retry=self._log_retry,
                 retry_after=self._asked_wait,
                 sleep=self._sleep,

@@ -47,7 +47,7 @@ from mw_core.enrich.prompt import (
     template_enrichment,
     vet_output,
 )
-from mw_core.enrich.store import TEMPLATE_MODEL
+from mw_core.enrich.store import TEMPLATE_MODEL, StoredEnrichment
 from mw_core.markets.episodes import EpisodeEvent
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,12 @@ class EnrichmentRow:
     def key(self) -> tuple[str, int]:
         """``(episode_id, seq)`` of the enriched event."""
         return self.event.key
+
+    @property
+    def stored(self) -> StoredEnrichment:
+        """The `alert_enrichments` row this enrichment is saved as."""
+        usage = (self.prompt_tokens, self.completion_tokens, self.latency_ms)
+        return StoredEnrichment(*(self.key + (self.model, self.summary, self.is_template) + usage))
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,15 +236,8 @@ async def _enrich_one(pool: asyncpg.Pool, run: _Run, llm: LLMClient | None, even
             latency_ms=completion.latency_ms,
         )
         return
-    row = EnrichmentRow(
-        event=event,
-        model=model,
-        summary=summary,
-        is_template=False,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        latency_ms=completion.latency_ms,
-    )
+    usage = (completion.prompt_tokens, completion.completion_tokens, completion.latency_ms)
+    row = EnrichmentRow(event, model, summary, False, *usage)
     if await _save(pool, row):
         run.llm += 1
         run.rows.append(row)
@@ -282,17 +281,7 @@ async def _save_template(
 
 
 async def _save(pool: asyncpg.Pool, row: EnrichmentRow) -> bool:
-    return await store.save_enrichment(
-        pool,
-        episode_id=row.event.episode_id,
-        seq=row.event.seq,
-        model=row.model,
-        summary=row.summary,
-        is_template=row.is_template,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-        latency_ms=row.latency_ms,
-    )
+    return await store.save_enrichment(pool, row.stored)
 
 
 async def enrich_pending_async(

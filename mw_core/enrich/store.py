@@ -17,7 +17,7 @@ Contract:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import asyncpg
 
@@ -30,29 +30,21 @@ TEMPLATE_MODEL = "template"
 
 @dataclass(frozen=True, slots=True)
 class StoredEnrichment:
-    """One `alert_enrichments` row."""
+    """One `alert_enrichments` row (fields in column order: `save_enrichment` inserts them so)."""
 
     episode_id: str
     seq: int
     model: str
     summary: str
     is_template: bool
-    prompt_tokens: int
-    completion_tokens: int
-    latency_ms: float | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float | None = None
 
 
 def _stored(r: asyncpg.Record) -> StoredEnrichment:
-    return StoredEnrichment(
-        episode_id=r["episode_id"],
-        seq=int(r["seq"]),
-        model=r["model"],
-        summary=r["summary"],
-        is_template=bool(r["is_template"]),
-        prompt_tokens=int(r["prompt_tokens"]),
-        completion_tokens=int(r["completion_tokens"]),
-        latency_ms=r["latency_ms"],
-    )
+    # _CACHED and _OF_EPISODE select exactly the dataclass's columns, already typed by asyncpg.
+    return StoredEnrichment(**dict(r))
 
 
 # The columns `event_from_row` reads, of published open / escalate `alert_events` still to enrich.
@@ -145,30 +137,9 @@ async def cached_enrichment(
     return _stored(r) if r is not None else None
 
 
-async def save_enrichment(
-    pool: asyncpg.Pool,
-    *,
-    episode_id: str,
-    seq: int,
-    model: str,
-    summary: str,
-    is_template: bool,
-    prompt_tokens: int = 0,
-    completion_tokens: int = 0,
-    latency_ms: float | None = None,
-) -> bool:
+async def save_enrichment(pool: asyncpg.Pool, row: StoredEnrichment) -> bool:
     """Insert one enrichment; False when (episode_id, seq, model) was already stored (nothing changes)."""
-    inserted = await pool.fetchval(
-        _INSERT,
-        episode_id,
-        seq,
-        model,
-        summary,
-        is_template,
-        prompt_tokens,
-        completion_tokens,
-        latency_ms,
-    )
+    inserted = await pool.fetchval(_INSERT, *astuple(row))
     return inserted is not None
 
 

@@ -15,8 +15,10 @@ Contract:
      (or ``DAGSTER_PG_URL``);
   5. ``replay`` (only with replay files): ``mw replay-server`` on 127.0.0.1, which writes its URLs to
      ``state_dir/replay.json``;
-  6. ``ingest`` (``mw ingest``, pointed at the replay server when replaying) and ``process``
-     (``mw process``), each with ``/healthz`` on ``host:<free port>``.
+  6. ``ingest`` (``mw ingest``, pointed at the replay server when replaying), ``process``
+     (``mw process``) and ``notify`` (``mw notify``: consumes only the alerts topic; always started
+     so `mw status` shows it, it logs "no channels configured" and delivers nothing until
+     ``MW_NOTIFY_URLS`` / ``MW_WEBHOOK_URL`` are set), each with ``/healthz`` on ``host:<free port>``.
 
 - Children get the resolved URLs through ``MW_*`` variables; status addresses never contain
   passwords. Servers without authentication (embedded PostgreSQL with trust auth, the embedded
@@ -144,6 +146,7 @@ class Stack:
         self.dagster_port = _pick_port(self.host, self.options.dagster_port)
         self.ingest_port = free_port(self.host)
         self.process_port = free_port(self.host)
+        self.notify_port = free_port(self.host)
         self.replay_ready = self.state_dir / REPLAY_READY_FILE
         self.started_at = datetime.now(UTC)
         # Resolved while starting (full URLs stay in memory and in children's environment only).
@@ -191,6 +194,7 @@ class Stack:
             "workspace": str(self.workspace) if self.workspace else None,
             "ingest_health": f"http://{connect_host(self.host)}:{self.ingest_port}/healthz",
             "process_health": f"http://{connect_host(self.host)}:{self.process_port}/healthz",
+            "notify_health": f"http://{connect_host(self.host)}:{self.notify_port}/healthz",
         }
 
     def service_env(self) -> dict[str, str]:
@@ -327,6 +331,9 @@ class Stack:
 
     def _process_health(self) -> bool:
         return http_ok(self.meta()["process_health"], any_status=True)
+
+    def _notify_health(self) -> bool:
+        return http_ok(self.meta()["notify_health"], any_status=True)
 
     # --- specs ------------------------------------------------------------------------------------
     def specs(self) -> list[Spec]:
@@ -465,6 +472,17 @@ class Stack:
                 address=self.meta()["process_health"],
                 start_timeout=60.0,
                 stop_timeout=8.0,
+            )
+        )
+        specs.append(
+            ComponentSpec(
+                "notify",
+                [*mw, "notify"],
+                env=lambda: {**self.service_env(), "MW_METRICS_PORT": str(self.notify_port)},
+                health=self._notify_health,
+                address=self.meta()["notify_health"],
+                start_timeout=60.0,
+                stop_timeout=8.0,  # the channel workers finish the attempt in flight
             )
         )
         return specs

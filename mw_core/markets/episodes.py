@@ -284,35 +284,13 @@ class EpisodePolicy:
 
     def _emit(self, kind: EventKind, st: EpisodeState, a: Anomaly | None) -> None:
         ts = a.ts if a is not None else st.last_breach_ts + self._quiet_ms
+        # The event's fields in `EpisodeEvent` order: who and when, the move, the episode so far.
+        head = (st.episode_id, st.seq, kind, st.symbol, ts)
+        move: tuple[int, float, Direction, float, float]
         if a is not None:
-            window_s, ret, direction, price, threshold = a.window_s, a.ret, a.direction, a.price, a.threshold
-        else:
+            move = (a.window_s, a.ret, a.direction, a.price, a.threshold)
+        else:  # a close reports the episode's peak move and extreme price (no threshold)
             peak_dir: Direction = "up" if st.peak_ret > 0 else "down"
-            window_s, ret, direction, price, threshold = (
-                st.peak_window_s,
-                st.peak_ret,
-                peak_dir,
-                st.extreme_price,
-                0.0,
-            )
-        self.events.append(
-            EpisodeEvent(
-                episode_id=st.episode_id,
-                seq=st.seq,
-                kind=kind,
-                symbol=st.symbol,
-                ts=ts,
-                window_s=window_s,
-                ret=ret,
-                direction=direction,
-                price=price,
-                threshold=threshold,
-                ref_price=st.ref_price,
-                ref_ts=st.ref_ts,
-                peak_ret=st.peak_ret,
-                peak_window_s=st.peak_window_s,
-                extreme_price=st.extreme_price,
-                opened_ts=st.opened_ts,
-                summary=summarize(kind, st, a, ts),
-            )
-        )
+            move = (st.peak_window_s, st.peak_ret, peak_dir, st.extreme_price, 0.0)
+        so_far = (st.ref_price, st.ref_ts, st.peak_ret, st.peak_window_s, st.extreme_price, st.opened_ts)
+        self.events.append(EpisodeEvent(*(head + move + so_far), summarize(kind, st, a, ts)))

@@ -305,14 +305,9 @@ def _to_source_result(fetched: FetchResult, symbols: Sequence[str]) -> SourceRes
         return replace(common, errors=[fetched.error], error=fetched.error)
     if fetched.not_modified or fetched.content is None:
         return replace(common, not_modified=True)
-    parsed = parse_feed(fetched.content, source=display_source(fetched.url), symbols=symbols)
+    p = parse_feed(fetched.content, source=display_source(fetched.url), symbols=symbols)
     return replace(
-        common,
-        items=parsed.items,
-        errors=parsed.errors,
-        error=parsed.error,
-        bozo=parsed.bozo,
-        duplicates=parsed.duplicates,
+        common, items=p.items, errors=p.errors, error=p.error, bozo=p.bozo, duplicates=p.duplicates
     )
 
 

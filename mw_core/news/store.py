@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from mw_core.adapters.postgres.unnest import columns
 from mw_core.news.parse import Headline, encode_headline
 
 INSERT_CHUNK = 5000
@@ -101,19 +102,10 @@ async def insert_headlines(
             lo.append(len(flat) + 1)  # 1-based inclusive bounds; lo > hi slices to '{}'
             flat.extend(h.symbols)
             hi.append(len(flat))
-        rows = await pool.fetch(
-            _INSERT_SQL,
-            [h.id for h in chunk],
-            [h.source for h in chunk],
-            [h.title for h in chunk],
-            [h.link for h in chunk],
-            [h.summary or None for h in chunk],
-            [h.published for h in chunk],
-            [h.sentiment for h in chunk],
-            flat,
-            lo,
-            hi,
-        )
+        text = columns(chunk, ("id", "source", "title", "link"))
+        summaries = [h.summary or None for h in chunk]
+        scored = columns(chunk, ("published", "sentiment"))
+        rows = await pool.fetch(_INSERT_SQL, *text, summaries, *scored, flat, lo, hi)
         inserted.update(r["id"] for r in rows)
     return [h.id for h in unique if h.id in inserted]
 

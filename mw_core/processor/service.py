@@ -207,12 +207,10 @@ class Processor:
         )
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._consumer is not None:
-                await self._consumer.stop()
-        with contextlib.suppress(Exception):
-            if self._producer is not None:
-                await self._producer.stop()
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
         if self._pool is not None:
             await self._pool.close()
         self._consumer = self._producer = self._pool = None

@@ -55,17 +55,8 @@ class Kline:
 
     def to_tick(self, *, source: str = "replay") -> Tick:
         """The tick Binance's miniTicker would carry at this kline's close."""
-        return Tick(
-            symbol=self.symbol,
-            ts=self.close_time,
-            price=self.close,
-            open=self.open,
-            high=self.high,
-            low=self.low,
-            base_volume=self.volume,
-            quote_volume=self.quote_volume,
-            source=source,
-        )
+        prices = (self.close, self.open, self.high, self.low)  # Tick's price (the last: close), open, high, low
+        return Tick(self.symbol, self.close_time, *prices, self.volume, self.quote_volume, source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,20 @@ referenced by key, not imported.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Sequence
 
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from mw_core.charts.alert import window_label
+from mw_core.charts.model import Chart
+from mw_core.charts.render import pct
+from mw_core.charts.reports import chart_order
 from mw_core.enrich.run import enrich_and_publish
+from mw_core.markets.episodes import EpisodeEvent
 from mw_dagster._compat import resolve_annotations
-from mw_dagster.formatting import iso_ms, md_table
+from mw_dagster.formatting import chart_metadata, charts_markdown, iso_ms, md_table
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, build_settings
 
 # LLM hiccups are handled inside mw_core (LLMClient retries, then a template fallback whose reason is
@@ -43,7 +50,7 @@ alert_events = dg.AssetSpec(
 
 @dg.asset(
     group_name="alerts",
-    deps=[alert_events, "headlines"],
+    deps=[alert_events, "headlines", "prices"],
     kinds={"openai", "postgres", "kafka"},
     retry_policy=ENRICH_RETRY,
     pool="llm",
@@ -61,7 +68,10 @@ def alert_enrichments(
     LLM within the per-run call/token caps, with a deterministic template as the fallback whose
     reason is recorded. Close events and raw detections are not enriched. New rows go to
     `alert_enrichments` and are published to the alerts topic as follow-ups of their event
-    (``"type": "enrichment"``, with ``episode_id`` and ``seq``).
+    (``"type": "enrichment"``, with ``episode_id`` and ``seq``). The `charts` metadata holds a
+    price chart per enriched alert (up to `MW_CHARTS_PER_RUN`, one per symbol first); a run that
+    enriched nothing charts the latest alerts instead, so a materialization by hand always shows
+    the current picture.
     """
     settings = build_settings(postgres=postgres, kafka=kafka, llm=llm)
     run = asyncio.run(
@@ -87,8 +97,11 @@ def alert_enrichments(
         ],
     )
     meta = report.metadata()
+    charts = alert_chart_metadata(postgres, [r.event for r in report.rows], cap=settings.charts_per_run)
+    context.log.info("charts: %s", {k: v for k, v in charts.items() if k != "charts"})
     return dg.MaterializeResult(
         metadata={
+            **charts,
             "model": report.model,
             "stored": len(report.rows),
             "llm": report.llm,
@@ -114,3 +127,35 @@ def alert_enrichments(
             "duration_ms": round(report.duration_ms, 1),
         }
     )
+
+
+def alert_heading(event: EpisodeEvent) -> str:
+    """``BTCUSDT open #1 · 2024-08-05 01:10:59 UTC · -3.31% in 1 min``."""
+    move = f"{pct(event.ret)} in {window_label(event.window_s)}"
+    return f"{event.symbol} {event.kind} #{event.seq} · {iso_ms(event.ts)} UTC · {move}"
+
+
+def alert_chart_metadata(
+    postgres: PostgresResource, enriched: Sequence[EpisodeEvent], *, cap: int
+) -> dict[str, dg.MetadataValue | str | int | float]:
+    """The `charts` markdown (one section per alert) and the charts' numbers.
+
+    The alerts this run enriched, or, when it enriched none, the latest `cap` alerts. Bad data
+    never fails the run: a degraded chart says why, an alert without a chart gets its reason.
+    """
+    events, charts_of = list(enriched), "alerts enriched by this run"
+    if not events and cap > 0:
+        events = postgres.latest_alerts(limit=cap)
+        charts_of = "latest alerts (this run enriched none)"
+    charted = postgres.alert_charts(events=chart_order(events), cap=cap, now_ms=int(time.time() * 1000))
+    rendered = [(e, c) for e, c in charted if isinstance(c, Chart)]
+    return {
+        "charts": dg.MetadataValue.md(
+            charts_markdown([(alert_heading(e), c) for e, c in charted], empty="_no alert to chart_")
+        ),
+        "charts_of": charts_of,
+        "charted_symbols": dg.MetadataValue.json(sorted({e.symbol for e, _ in rendered})),
+        "charts_not_rendered": len(charted) - len(rendered),
+        "charts_per_run": cap,
+        **chart_metadata([c for _, c in rendered]),
+    }

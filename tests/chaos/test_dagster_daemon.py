@@ -49,6 +49,7 @@ from tests.dagster.helpers import (
     rss,
     stop_group,
 )
+from tests.factories import opening_event
 from tests.fakes.feeds import Feed, FeedServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(150)]
@@ -146,24 +147,9 @@ async def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
 
 def _alert(ts: int) -> EpisodeEvent:
     """An episode opening at `ts`: one alert."""
-    return EpisodeEvent(
-        episode_id=episode_id("BTCUSDT", ts),
-        seq=1,
-        kind="open",
-        symbol="BTCUSDT",
-        ts=ts,
-        window_s=60,
-        ret=-0.03,
-        direction="down",
-        price=56000.0,
-        threshold=0.02,
-        ref_price=57700.0,
-        ref_ts=ts - 60_000,
-        peak_ret=-0.03,
-        peak_window_s=60,
-        extreme_price=56000.0,
-        opened_ts=ts,
-        summary="BTCUSDT down -3.00% over 1 min; episode opened.",
+    summary = "BTCUSDT down -3.00% over 1 min; episode opened."
+    return opening_event(
+        "BTCUSDT", ts, 60, -0.03, price=56000.0, threshold=0.02, ref_price=57700.0, summary=summary
     )
 
 

@@ -1,4 +1,5 @@
-"""Test helpers: kline fixtures as ticks, tick inserts, tiny RSS documents, real Dagster processes."""
+"""Test helpers: kline fixtures as ticks, tick inserts, the real stream, tiny RSS documents, real Dagster
+processes."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from mw_core.adapters import bus
 from mw_core.adapters.postgres.prices import write_batch
 from mw_core.config import Settings
 from mw_core.local.pg_urls import sqlalchemy_url, with_database
 from mw_core.local.runtime import create_database
+from mw_core.markets import codec
 from mw_core.models import Tick
+from mw_core.processor.service import Processor
 from mw_dagster.resources import PostgresResource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +56,21 @@ def kline_ticks(symbol: str, day: str = "2024-08-05") -> list[Tick]:
 
 def insert_ticks(postgres: PostgresResource, ticks: Sequence[Tick]) -> None:
     postgres.run(lambda pool: write_batch(pool, ticks))
+
+
+async def stream(settings: Settings, ticks: Sequence[Tick]) -> None:
+    """The real streaming path: ticks -> Kafka `prices` -> Processor -> PostgreSQL."""
+    await bus.ensure_topics(settings)
+    producer = bus.producer(settings)
+    await producer.start()
+    try:
+        for tick in ticks:
+            key, value = codec.encode_tick(tick)
+            await producer.send(settings.topic_prices, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await Processor(settings).run(idle_exit_s=2.0)
 
 
 def rss(*items: tuple[str, str]) -> bytes:

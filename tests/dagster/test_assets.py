@@ -10,13 +10,10 @@ import asyncpg
 import dagster as dg
 import pytest
 
-from mw_core.adapters import bus
 from mw_core.adapters.postgres.prices import write_batch
 from mw_core.adapters.postgres.schema import SCHEMA_VERSION
 from mw_core.config import Settings
-from mw_core.markets import codec
 from mw_core.models import Anomaly, Tick
-from mw_core.processor.service import Processor
 from mw_dagster.alerts.assets import alert_enrichments
 from mw_dagster.infra.assets import db_schema
 from mw_dagster.markets.assets import price_anomalies, prices
@@ -29,7 +26,7 @@ from mw_dagster.markets.checks import (
 from mw_dagster.news.assets import AllFeedsFailed, headlines
 from mw_dagster.news.checks import headlines_duplicate_rate, headlines_freshness
 from mw_dagster.resources import KafkaResource, LLMResource, PostgresResource, RSSResource
-from tests.dagster.helpers import consume_topic, insert_ticks, kline_ticks, rss
+from tests.dagster.helpers import consume_topic, insert_ticks, kline_ticks, rss, stream
 from tests.fakes.feeds import Feed, FeedServer, Status
 from tests.fakes.llm import FakeLLMServer
 
@@ -57,21 +54,6 @@ async def _fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def _stream(settings: Settings, ticks: list[Tick]) -> None:
-    """The real streaming path: ticks -> Kafka `prices` -> Processor -> PostgreSQL."""
-    await bus.ensure_topics(settings)
-    producer = bus.producer(settings)
-    await producer.start()
-    try:
-        for tick in ticks:
-            key, value = codec.encode_tick(tick)
-            await producer.send(settings.topic_prices, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    await Processor(settings).run(idle_exit_s=2.0)
-
-
 # --- infra ------------------------------------------------------------------------------------------
 
 
@@ -93,7 +75,7 @@ def test_db_schema_reports_version_timescale_and_counts(db_url: str) -> None:
 
 def test_crash_day_batch_agrees_with_the_stream(settings: Settings, db_url: str) -> None:
     ticks = [t for s in CRASH_SYMBOLS for t in kline_ticks(s)]
-    asyncio.run(_stream(settings, ticks))
+    asyncio.run(stream(settings, ticks))
     postgres = PostgresResource(database_url=db_url)
 
     result = dg.materialize(
@@ -312,7 +294,7 @@ def test_alert_enrichments_llm_caps_template_and_publish(
     postgres: PostgresResource, settings: Settings, db_url: str
 ) -> None:
     """One LLM call per alert (open / escalate event of the real stream), none per raw detection."""
-    asyncio.run(_stream(settings, [t for s in CRASH_SYMBOLS for t in kline_ticks(s)]))
+    asyncio.run(stream(settings, [t for s in CRASH_SYMBOLS for t in kline_ticks(s)]))
     events = asyncio.run(_fetch(db_url, "SELECT episode_id, seq, kind FROM alert_events"))
     alerts = {(r["episode_id"], r["seq"]) for r in events if r["kind"] in ("open", "escalate")}
     (detections,) = asyncio.run(_fetch(db_url, "SELECT count(*) AS n FROM anomalies"))

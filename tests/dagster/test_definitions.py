@@ -39,6 +39,8 @@ def test_assets_groups_and_lineage() -> None:
         "anomalies": "markets",
         "price_anomalies": "markets",
         "market_backtest": "markets",
+        "market_overview": "markets",
+        "market_report": "markets",
         "headlines": "news",
         "alert_events": "alerts",
         "alert_enrichments": "alerts",
@@ -50,12 +52,16 @@ def test_assets_groups_and_lineage() -> None:
     # Honest lineage: each asset depends on the tables it reads. The stream writes `anomalies` (from
     # the ticks it also stores in `prices`); the batch `price_anomalies` recomputes them from
     # `prices` and compares with `anomalies`; the stream turns `anomalies` into episode events
-    # (`alert_events`); enrichment reads the alerts there and `headlines`.
+    # (`alert_events`); enrichment reads the alerts there, `headlines`, and `prices` for its charts;
+    # the overview and the daily report chart `prices` with the episode events.
     assert parents("anomalies") == {"prices"}
     assert parents("price_anomalies") == {"prices", "anomalies"}
     assert parents("market_backtest") == {"prices"}
     assert parents("alert_events") == {"anomalies"}
-    assert parents("alert_enrichments") == {"alert_events", "headlines"}
+    assert parents("alert_enrichments") == {"alert_events", "headlines", "prices"}
+    assert parents("market_overview") == {"prices", "alert_events"}
+    assert parents("market_report") == {"prices", "alert_events"}
+    assert graph.get(dg.AssetKey("market_overview")).partitions_def is None  # "now", not a day
     assert not graph.get(dg.AssetKey("alert_events")).is_materializable  # written by the stream
     assert not graph.get(dg.AssetKey("anomalies")).is_materializable  # written by the stream
     anomalies = graph.get(dg.AssetKey("price_anomalies"))
@@ -63,6 +69,7 @@ def test_assets_groups_and_lineage() -> None:
     assert anomalies.partitions_def.get_partition_keys_in_range(
         dg.PartitionKeyRange("2024-08-05", "2024-08-06")
     ) == ["2024-08-05", "2024-08-06"]
+    assert graph.get(dg.AssetKey("market_report")).partitions_def == anomalies.partitions_def
     spec = defs.get_assets_def("alert_enrichments").op.retry_policy
     assert spec is not None and spec.max_retries == 3 and spec.backoff == dg.Backoff.EXPONENTIAL
 
@@ -81,6 +88,8 @@ def test_checks_jobs_schedules_sensors() -> None:
     repo = defs.get_repository_def()
     jobs = {
         "price_anomalies_job",
+        "market_overview_job",
+        "market_report_job",
         "headlines_job",
         "alert_enrichments_job",
         "maintenance_job",
@@ -89,6 +98,8 @@ def test_checks_jobs_schedules_sensors() -> None:
     assert jobs <= set(repo.job_names)
     assert {s.name for s in repo.schedule_defs} == {
         "price_anomalies_schedule",
+        "market_overview_schedule",
+        "market_report_schedule",
         "maintenance_schedule",
         "quality_checks_schedule",
     }
@@ -103,6 +114,10 @@ def test_checks_jobs_schedules_sensors() -> None:
     assert sensors["rss_poll_sensor"].minimum_interval_seconds == 60
     assert sensors["new_anomalies_sensor"].minimum_interval_seconds == 30
     assert repo.get_schedule_def("price_anomalies_schedule").job_name == "price_anomalies_job"
+    overview = repo.get_schedule_def("market_overview_schedule")
+    assert (overview.job_name, overview.cron_schedule) == ("market_overview_job", "*/15 * * * *")
+    assert overview.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert repo.get_schedule_def("market_report_schedule").job_name == "market_report_job"
 
 
 def test_secrets_come_from_env_vars() -> None:

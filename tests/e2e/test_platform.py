@@ -62,6 +62,7 @@ COMPONENTS = [
     "replay",
     "ingest",
     "process",
+    "notify",
 ]
 ASSETS = ["alert_enrichments", "db_schema", "headlines", "price_anomalies"]
 
@@ -295,7 +296,7 @@ def test_status_and_second_up(tmp_path: Path) -> None:
         assert str(platform.dagster_port) in cmdlines["dagster-webserver"]
         assert "dagster-daemon" in cmdlines["dagster-daemon"]
         assert str(platform.state_dir / "pg") in cmdlines["postgres"]
-        for name in ("replay", "ingest", "process"):
+        for name in ("replay", "ingest", "process", "notify"):
             assert name.replace("replay", "replay-server") in cmdlines[name], cmdlines[name]
 
         meta = status["meta"]

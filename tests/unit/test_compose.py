@@ -23,7 +23,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 
 INFRA = {"timescaledb", "kafka"}
-APP_SERVICES = {"init", "dagster-webserver", "dagster-daemon", "ingest", "processor"}
+APP_SERVICES = {"init", "dagster-webserver", "dagster-daemon", "ingest", "processor", "notify"}
 DAGSTER_SERVICES = {"dagster-webserver", "dagster-daemon", "init"}
 # Values that must differ inside containers; every other MW_* variable keeps the config default.
 CONTAINER_OVERRIDES = {
@@ -131,7 +131,7 @@ def test_dockerfile_is_slim_pinned_and_non_root() -> None:
 def test_healthchecks_on_infrastructure(services: dict[str, Any]) -> None:
     assert "pg_isready" in " ".join(services["timescaledb"]["healthcheck"]["test"])
     assert "kafka-broker-api-versions" in " ".join(services["kafka"]["healthcheck"]["test"])
-    for name in ("dagster-webserver", "ingest", "processor"):
+    for name in ("dagster-webserver", "ingest", "processor", "notify"):
         assert "healthcheck" in services[name], name
 
 
@@ -155,9 +155,9 @@ def test_depends_on_conditions(services: dict[str, Any]) -> None:
     assert services["init"]["depends_on"].keys() == INFRA
     for name in APP_SERVICES - {"init"}:
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
-    for name in ("processor", "dagster-webserver", "dagster-daemon"):
+    for name in ("processor", "notify", "dagster-webserver", "dagster-daemon"):
         assert "timescaledb" in services[name]["depends_on"]
-    for name in ("ingest", "processor"):
+    for name in ("ingest", "processor", "notify"):
         assert "kafka" in services[name]["depends_on"]
 
 
@@ -235,7 +235,7 @@ def test_container_defaults_reach_the_bundled_services(services: dict[str, Any])
     assert "sslmode=prefer" in db_url
     assert resolve_defaults(str(env["MW_KAFKA_BOOTSTRAP"])) == "kafka:9092"
     assert resolve_defaults(str(env["MW_METRICS_PORT"])) == "9100"
-    for name in ("ingest", "processor"):
+    for name in ("ingest", "processor", "notify"):
         assert "9100/healthz" in " ".join(services[name]["healthcheck"]["test"])
     # Kafka TLS/SASL and PostgreSQL TLS are configurable through the environment.
     for var in (

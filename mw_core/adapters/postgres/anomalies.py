@@ -18,7 +18,10 @@ from typing import Any
 
 import asyncpg
 
-from mw_core.models import Anomaly
+from mw_core.adapters.postgres.unnest import columns, field_names
+from mw_core.models import Anomaly, Direction
+
+_ANOMALY_FIELDS = field_names(Anomaly)
 
 _INSERT_ANOMALIES = """
 INSERT INTO anomalies (symbol, ts, window_s, ret, direction, price, threshold, volatility, ref_price, ref_ts)
@@ -31,20 +34,9 @@ ON CONFLICT (symbol, ts, window_s) DO NOTHING
 """
 
 
-def anomaly_columns(anomalies: Sequence[Anomaly]) -> tuple[list[Any], ...]:
+def anomaly_columns(anomalies: Sequence[Anomaly]) -> list[list[Any]]:
     """Column arrays for `unnest` inserts, in `Anomaly` field order (symbol ... ref_ts)."""
-    return (
-        [a.symbol for a in anomalies],
-        [a.ts for a in anomalies],
-        [a.window_s for a in anomalies],
-        [a.ret for a in anomalies],
-        [a.direction for a in anomalies],
-        [a.price for a in anomalies],
-        [a.threshold for a in anomalies],
-        [a.volatility for a in anomalies],
-        [a.ref_price for a in anomalies],
-        [a.ref_ts for a in anomalies],
-    )
+    return columns(anomalies, _ANOMALY_FIELDS)
 
 
 async def insert_anomalies(conn: asyncpg.Connection, anomalies: Sequence[Anomaly]) -> None:
@@ -63,19 +55,29 @@ LIMIT $1
 """
 
 
-def anomaly_from_row(row: asyncpg.Record | dict[str, Any]) -> Anomaly:
-    return Anomaly(
-        symbol=row["symbol"],
-        ts=int(row["ts_ms"]),
-        window_s=int(row["window_s"]),
-        ret=float(row["ret"]),
-        direction=row["direction"],
-        price=float(row["price"]),
-        threshold=float(row["threshold"]),
-        volatility=row["volatility"],
-        ref_price=row["ref_price"],
-        ref_ts=int(row["ref_ts_ms"]) if row["ref_ts_ms"] is not None else None,
+def optional_ms(value: Any) -> int | None:
+    """An epoch-ms column that may be NULL."""
+    return int(value) if value is not None else None
+
+
+def detection_fields(
+    row: asyncpg.Record | dict[str, Any],
+) -> tuple[str, int, int, float, Direction, float, float]:
+    """``(symbol, ts, window_s, ret, direction, price, threshold)`` of a detection row (``ts_ms``)."""
+    return (
+        row["symbol"],
+        int(row["ts_ms"]),
+        int(row["window_s"]),
+        float(row["ret"]),
+        row["direction"],
+        float(row["price"]),
+        float(row["threshold"]),
     )
+
+
+def anomaly_from_row(row: asyncpg.Record | dict[str, Any]) -> Anomaly:
+    ref_ts = optional_ms(row["ref_ts_ms"])
+    return Anomaly(*detection_fields(row), row["volatility"], row["ref_price"], ref_ts)
 
 
 async def unpublished_anomalies(

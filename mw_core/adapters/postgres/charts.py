@@ -13,6 +13,7 @@ Contract:
   1-minute log returns over 24 h, returns across a missing minute skipped), alerts today (open +
   escalate events since 00:00 UTC) and the episode open at ``now``. `market_metrics` gives the
   market-wide numbers (alerts in the last hour, ticks/s over the last 5 min, open episodes).
+- `newest_tick_ms` is the time of the newest tick of the watched symbols (a replayed day's end).
 - Episode events come from `mw_core.adapters.postgres.episodes.events_between` (not repeated here).
 - All SQL is static text with ``$n`` parameters; times travel as epoch-millisecond ``int8``.
 """
@@ -108,6 +109,15 @@ SELECT
     (SELECT count(*) FROM alert_episodes, t
      WHERE symbol = ANY($1::text[]) AND opened_at <= t.now
        AND (closed_at IS NULL OR closed_at > t.now)) AS open_episodes
+"""
+
+
+# One index probe per symbol (newest first on the (symbol, ts) key), not a scan of `prices`.
+_NEWEST_TICK = """
+SELECT max(n.ts_ms) AS newest_ms
+FROM unnest($1::text[]) AS q(symbol)
+CROSS JOIN LATERAL (SELECT (extract(epoch FROM ts) * 1000)::int8 AS ts_ms FROM prices
+                    WHERE symbol = q.symbol ORDER BY ts DESC LIMIT 1) n
 """
 
 
@@ -214,3 +224,11 @@ async def market_metrics(
         tick_rate=round(int(r["ticks_5m"]) / 300.0, 4),
         open_episodes=int(r["open_episodes"]),
     )
+
+
+async def newest_tick_ms(pool: asyncpg.Pool | asyncpg.Connection, symbols: Sequence[str]) -> int | None:
+    """Time of the newest stored tick of any of `symbols` (None: no tick at all)."""
+    if not symbols:
+        return None
+    value = await pool.fetchval(_NEWEST_TICK, list(symbols))
+    return int(value) if value is not None else None

@@ -7,6 +7,7 @@ Contract:
   per episode (status, peak, extreme price, closing summary) for people and dashboards.
 - The outbox: `unpublished_events` lists events not yet on the `alerts` topic, oldest first;
   `mark_events_published` stamps them once the send is acknowledged.
+- `latest_alerts` lists the newest alerts (``open`` / ``escalate``), e.g. to chart them again.
 - `detections_before` returns the raw detections (`anomalies`) from which the episode policy
   rebuilds a symbol's open episode as of a time (restart / rebalance), like the cooldown.
 - All SQL is static text with ``$n`` parameters; times travel as epoch-millisecond ``int8``.
@@ -19,7 +20,8 @@ from typing import Any
 
 import asyncpg
 
-from mw_core.adapters.postgres.anomalies import anomaly_from_row
+from mw_core.adapters.postgres.anomalies import anomaly_from_row, detection_fields, optional_ms
+from mw_core.adapters.postgres.unnest import columns, field_names
 from mw_core.markets.episodes import EpisodeEvent
 from mw_core.models import Anomaly
 
@@ -52,6 +54,24 @@ ON CONFLICT (episode_id) DO UPDATE
         last_event_at = EXCLUDED.last_event_at, summary = EXCLUDED.summary
     WHERE alert_episodes.last_seq <= EXCLUDED.last_seq
 """
+
+_EVENT_FIELDS = field_names(EpisodeEvent)  # the `alert_events` columns of _INSERT_EVENTS, one to one
+# The newest event's fields as _UPSERT_EPISODES's arrays. `direction` is only stored by the insert
+# (the open): the opening move's.
+_EPISODE_FIELDS = (
+    "episode_id",
+    "symbol",
+    "opened_ts",
+    "kind",
+    "ts",
+    "direction",
+    "ref_price",
+    "seq",
+    "peak_ret",
+    "peak_window_s",
+    "extreme_price",
+    "summary",
+)
 
 _EVENT_COLUMNS = """
 SELECT id, episode_id, seq, kind, symbol, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, window_s, ret,
@@ -103,62 +123,22 @@ async def insert_events(conn: asyncpg.Connection, events: Sequence[EpisodeEvent]
     """Store events (idempotent) and upsert their episodes, in the caller's transaction."""
     if not events:
         return
-    await conn.execute(
-        _INSERT_EVENTS,
-        [e.episode_id for e in events],
-        [e.seq for e in events],
-        [e.kind for e in events],
-        [e.symbol for e in events],
-        [e.ts for e in events],
-        [e.window_s for e in events],
-        [e.ret for e in events],
-        [e.direction for e in events],
-        [e.price for e in events],
-        [e.threshold for e in events],
-        [e.ref_price for e in events],
-        [e.ref_ts for e in events],
-        [e.peak_ret for e in events],
-        [e.peak_window_s for e in events],
-        [e.extreme_price for e in events],
-        [e.opened_ts for e in events],
-        [e.summary for e in events],
-    )
+    await conn.execute(_INSERT_EVENTS, *columns(events, _EVENT_FIELDS))
     last: dict[str, EpisodeEvent] = {}
     for e in events:
         if e.episode_id not in last or e.seq > last[e.episode_id].seq:
             last[e.episode_id] = e
-    rows = list(last.values())
-    await conn.execute(
-        _UPSERT_EPISODES,
-        [e.episode_id for e in rows],
-        [e.symbol for e in rows],
-        [e.opened_ts for e in rows],
-        [e.kind for e in rows],
-        [e.ts for e in rows],
-        [e.direction for e in rows],  # only stored by the insert (the open): the opening move's
-        [e.ref_price for e in rows],
-        [e.seq for e in rows],
-        [e.peak_ret for e in rows],
-        [e.peak_window_s for e in rows],
-        [e.extreme_price for e in rows],
-        [e.summary for e in rows],
-    )
+    await conn.execute(_UPSERT_EPISODES, *columns(list(last.values()), _EPISODE_FIELDS))
 
 
 def event_from_row(row: asyncpg.Record | dict[str, Any]) -> EpisodeEvent:
     return EpisodeEvent(
-        episode_id=row["episode_id"],
-        seq=int(row["seq"]),
-        kind=row["kind"],
-        symbol=row["symbol"],
-        ts=int(row["ts_ms"]),
-        window_s=int(row["window_s"]),
-        ret=float(row["ret"]),
-        direction=row["direction"],
-        price=float(row["price"]),
-        threshold=float(row["threshold"]),
+        row["episode_id"],
+        int(row["seq"]),
+        row["kind"],
+        *detection_fields(row),
         ref_price=float(row["ref_price"]),
-        ref_ts=int(row["ref_ts_ms"]) if row["ref_ts_ms"] is not None else None,
+        ref_ts=optional_ms(row["ref_ts_ms"]),
         peak_ret=float(row["peak_ret"]),
         peak_window_s=int(row["peak_window_s"]),
         extreme_price=float(row["extreme_price"]),
@@ -203,6 +183,21 @@ async def published_events(
 async def events_between(pool: asyncpg.Pool, *, start_ms: int, end_ms: int) -> list[EpisodeEvent]:
     """The stream's episode events in [start, end), in time order."""
     return [event_from_row(r) for r in await pool.fetch(_IN_RANGE, start_ms, end_ms)]
+
+
+_LATEST_ALERTS = (
+    _EVENT_COLUMNS
+    + """
+WHERE kind IN ('open', 'escalate')
+ORDER BY ts DESC, episode_id, seq
+LIMIT $1
+"""
+)
+
+
+async def latest_alerts(pool: asyncpg.Pool, *, limit: int) -> list[EpisodeEvent]:
+    """The newest `limit` alerts (``open`` / ``escalate`` events), newest first (`ts` index)."""
+    return [event_from_row(r) for r in await pool.fetch(_LATEST_ALERTS, limit)]
 
 
 async def detections_before(

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 import asyncpg
 
 from mw_core.adapters.postgres.anomalies import insert_anomalies
+from mw_core.adapters.postgres.unnest import columns, field_names
 from mw_core.models import Anomaly, Tick
+
+_TICK_FIELDS = field_names(Tick)  # the `prices` columns, one to one
 
 # Per-connection staging table for COPY: ticks are COPYed in (binary, no per-row SQL), then moved
 # into `prices` with ON CONFLICT DO NOTHING in the same transaction. Column order = `Tick` fields.
@@ -81,18 +84,7 @@ async def insert_ticks(conn: asyncpg.Connection, ticks: Sequence[Tick]) -> None:
         except asyncpg.UniqueViolationError:
             await conn.execute(_MOVE_STAGED_PRICES)
         return
-    await conn.execute(
-        _INSERT_PRICES,
-        [t.symbol for t in ticks],
-        [t.ts for t in ticks],
-        [t.price for t in ticks],
-        [t.open for t in ticks],
-        [t.high for t in ticks],
-        [t.low for t in ticks],
-        [t.base_volume for t in ticks],
-        [t.quote_volume for t in ticks],
-        [t.source for t in ticks],
-    )
+    await conn.execute(_INSERT_PRICES, *columns(ticks, _TICK_FIELDS))
 
 
 async def insert_metrics(conn: asyncpg.Connection, rows: Sequence[MetricRow]) -> None:

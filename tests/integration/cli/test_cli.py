@@ -44,6 +44,33 @@ def test_doctor_reports_db_and_kafka_ok_and_binance_unreachable(settings: Settin
     assert "mw replay" in proc.stdout  # tells the user what to do offline
 
 
+def test_doctor_checks_each_notify_channel_with_masked_names(settings: Settings) -> None:
+    """A reachable signed webhook is ok, a json:// channel on a dead port fails; no token shown."""
+    from tests.fakes.webhook import Receiver
+
+    assert settings.database_url is not None and settings.kafka_bootstrap is not None
+    receiver = Receiver(secret="whsec-canary").start()
+    try:
+        proc = mw(
+            ["doctor", "--timeout", "2"],
+            {
+                "MW_DATABASE_URL": settings.database_url.get_secret_value(),
+                "MW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                "MW_RSS_FEEDS": "none",
+                "MW_NOTIFY_URLS": f"json://user:tok-canary@127.0.0.1:{free_port()}/hook",
+                "MW_WEBHOOK_URL": f"{receiver.url}/mw?token=q-canary",
+                "MW_WEBHOOK_SECRET": "whsec-canary",
+            },
+        )
+    finally:
+        receiver.stop()
+    assert proc.returncode == 1, proc.stdout  # one channel is unreachable
+    rows = [line for line in proc.stdout.splitlines() if "notify #" in line]
+    assert len(rows) == 2, proc.stdout
+    assert " fail " in rows[0] and " ok " in rows[1], rows
+    assert "canary" not in proc.stdout + proc.stderr
+
+
 def test_doctor_fails_when_the_database_is_down() -> None:
     proc = mw(
         ["doctor", "--timeout", "2"],

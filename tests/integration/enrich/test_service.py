@@ -33,6 +33,7 @@ from mw_core.enrich.service import (
     enrich_pending_async,
     publish_enrichments,
 )
+from mw_core.enrich.store import StoredEnrichment
 from mw_core.markets.episodes import EpisodeEvent, EventKind, episode_id
 from mw_core.models import Anomaly, dt_to_ms
 from tests.fakes.llm import INJECTED, FakeLLMServer, Malformed, Reply, Stall, Status
@@ -239,13 +240,15 @@ async def test_pending_and_save_are_model_aware_and_idempotent(pool: asyncpg.Poo
 
     assert await pending(MODEL) == [e3.key, e2.key, e1.key]  # newest first
     assert await store.save_enrichment(
-        pool, episode_id=e1.episode_id, seq=1, model=MODEL, summary="s", is_template=False
+        pool, StoredEnrichment(episode_id=e1.episode_id, seq=1, model=MODEL, summary="s", is_template=False)
     )
     assert not await store.save_enrichment(
-        pool, episode_id=e1.episode_id, seq=1, model=MODEL, summary="other", is_template=False
+        pool,
+        StoredEnrichment(episode_id=e1.episode_id, seq=1, model=MODEL, summary="other", is_template=False),
     )
     assert await store.save_enrichment(
-        pool, episode_id=e2.episode_id, seq=1, model="template", summary="t", is_template=True
+        pool,
+        StoredEnrichment(episode_id=e2.episode_id, seq=1, model="template", summary="t", is_template=True),
     )
     assert await pending(MODEL) == [e3.key]
     assert await pending(MODEL, retry=True) == [e3.key, e2.key]

@@ -27,29 +27,20 @@ from mw_core.enrich.prompt import (
     template_enrichment,
     vet_output,
 )
-from mw_core.markets.episodes import EpisodeEvent
 from mw_core.models import dt_to_ms
+from tests.factories import opening_event
 
 pytestmark = pytest.mark.unit
 
 T0 = datetime(2024, 8, 5, 2, 0, tzinfo=UTC)
-EVENT = EpisodeEvent(
-    episode_id=f"BTCUSDT-{dt_to_ms(T0)}",
-    seq=1,
-    kind="open",
-    symbol="BTCUSDT",
-    ts=dt_to_ms(T0),
-    window_s=300,
-    ret=-0.0321,
-    direction="down",
+EVENT = opening_event(
+    "BTCUSDT",
+    dt_to_ms(T0),
+    300,
+    -0.0321,
     price=58185.9,
     threshold=0.03,
-    ref_price=60115.6,
-    ref_ts=dt_to_ms(T0 - timedelta(minutes=5)),
-    peak_ret=-0.0321,
-    peak_window_s=300,
-    extreme_price=58185.9,
-    opened_ts=dt_to_ms(T0),
+    ref_price=60115.6,  # reference time: T0 - 5 min
     summary="BTCUSDT down -3.21% over 5 min at 2024-08-05 02:00 UTC to 58185.9; episode opened.",
 )
 ESCALATION = replace(

@@ -36,6 +36,7 @@ def test_stack_order_and_wiring_embedded(tmp_path: Path, clean_env: None) -> Non
         "replay",
         "ingest",
         "process",
+        "notify",
     ]
     by_name = {s.name: s for s in specs}
     assert isinstance(by_name["postgres"], ManagedSpec)

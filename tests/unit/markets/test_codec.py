@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mw_core.markets import codec
-from mw_core.markets.episodes import EpisodeEvent
 from mw_core.models import DeadLetter, Tick
+from tests.factories import opening_event
 
 pytestmark = pytest.mark.unit
 NOW = 1_800_000_000_000
@@ -88,24 +89,12 @@ def test_fuzz_json_objects_only_ever_bad_message(obj: dict) -> None:
 
 
 def test_episode_event_and_dead_letter_encoding() -> None:
-    e = EpisodeEvent(
-        episode_id="BTCUSDT-1722820259999",
-        seq=2,
-        kind="escalate",
-        symbol="BTCUSDT",
-        ts=1_722_820_259_999,
-        window_s=300,
-        ret=-0.0484,
-        direction="down",
-        price=54321.0,
-        threshold=0.03,
-        ref_price=57085.0,
-        ref_ts=1_722_819_959_999,
-        peak_ret=-0.0484,
-        peak_window_s=300,
-        extreme_price=54321.0,
-        opened_ts=1_722_820_199_999,
-        summary="BTCUSDT down -4.84% over 5 min",
+    # ref_ts one window back (1_722_819_959_999), the move is the peak and the extreme
+    opened = opening_event(
+        "BTCUSDT", 1_722_820_259_999, 300, -0.0484, price=54321.0, threshold=0.03, ref_price=57085.0
+    )
+    e = replace(
+        opened, seq=2, kind="escalate", opened_ts=1_722_820_199_999, summary="BTCUSDT down -4.84% over 5 min"
     )
     key, value = codec.encode_event(e)
     body = orjson.loads(value)

@@ -66,17 +66,9 @@ def test_anomaly_fields_without_windows() -> None:
     a = detector().check("BTCUSDT", T0, 97.0, stats(-0.03))
     assert a is not None
     assert a.ref_price == pytest.approx(100.0)
+    # symbol, ts, window_s, ret, direction, price, threshold; no volatility, no reference time
     assert a == Anomaly(
-        symbol="BTCUSDT",
-        ts=T0,
-        window_s=60,
-        ret=-0.03,
-        direction="down",
-        price=97.0,
-        threshold=0.02,
-        volatility=None,
-        ref_price=a.ref_price,
-        ref_ts=None,
+        "BTCUSDT", T0, 60, -0.03, "down", 97.0, 0.02, volatility=None, ref_price=a.ref_price, ref_ts=None
     )
 
 
