@@ -248,6 +248,8 @@ class IngestService:
                 await bus.ensure_topics(self.settings, timeout=10.0)
                 producer = bus.producer(self.settings, request_timeout_ms=int(self.ack_timeout_s * 1000))
                 await producer.start()
+            except bus.TopicSetupError:
+                raise  # misconfiguration (replication factor, policy, ACL): waiting does not help
             except Exception as exc:  # Kafka down: retry, the websocket side applies backpressure
                 if producer is not None:
                     with contextlib.suppress(Exception):
