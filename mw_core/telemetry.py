@@ -108,14 +108,14 @@ class MetricsServer:
         self._server.daemon_threads = True
         self.host = host
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> MetricsServer:
-        self._thread.start()
+        """Serve on a daemon thread (the port is already bound: `url` is valid before this)."""
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,14 @@ from mw_core.local.broker import EmbeddedBroker
 from mw_core.local.postgres import EmbeddedPostgres
 
 FIXTURES = Path(__file__).parent / "fixtures"
+FEEDS = FIXTURES / "feeds"  # recorded RSS / Atom feeds
+FEED_SYMBOLS = [
+    "BTCUSDT",
+    "ETHUSDT",
+    "SOLUSDT",
+    "BNBUSDT",
+    "XRPUSDT",
+]  # the watchlist the news tests tag with
 
 # CI machines are small and shared with servers under test: no per-example deadline, no
 # "too slow" health check; the example count stays at Hypothesis' default.
@@ -39,8 +47,7 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mw"))
 @pytest.fixture(scope="session")
 def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a PostgreSQL server (database `postgres`) usable for CREATE DATABASE."""
-    external = os.environ.get("MW_TEST_DATABASE_URL")
-    if external:
+    if external := os.environ.get("MW_TEST_DATABASE_URL"):
         yield external
         return
     # Not under pytest's basetemp: every new pytest session resets /tmp/pytest-of-<user> to mode
@@ -56,8 +63,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("MW_TEST_KAFKA_BOOTSTRAP")
-    if external:
+    if external := os.environ.get("MW_TEST_KAFKA_BOOTSTRAP"):
         yield external
         return
     broker = EmbeddedBroker(tmp_path_factory.mktemp("broker"))
@@ -71,21 +77,33 @@ def _with_database(url: str, database: str) -> str:
     return f"{head}/{database}" + (f"?{query}" if query else "")
 
 
+async def _on_server(server_url: str, statements: Iterable[str]) -> None:
+    """Run `statements` on the server's maintenance database (CREATE / DROP DATABASE)."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def create_database(server_url: str, prefix: str) -> tuple[str, str]:
+    """A new empty database ``<prefix>_<random>`` on the server: (its name, its URL)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    await _on_server(server_url, [f'CREATE DATABASE "{name}"'])
+    return name, _with_database(server_url, name)
+
+
+async def drop_databases(server_url: str, names: Iterable[str]) -> None:
+    await _on_server(server_url, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in names])
+
+
 @pytest.fixture
 async def db_url(pg_server_url: str) -> AsyncIterator[str]:
     """A fresh, empty database on the test server; dropped afterwards."""
-    name = f"mwtest_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield _with_database(pg_server_url, name)
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    name, url = await create_database(pg_server_url, "mwtest")
+    yield url
+    await drop_databases(pg_server_url, [name])
 
 
 @pytest.fixture

@@ -38,12 +38,14 @@ def replay(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
 ) -> None:
     """Replay recorded klines through a local Binance server, the real ingest, Kafka and the processor."""
+    from mw_core.notify.channels import ChannelConfigError
+    from mw_core.notify.routing import RoutingError
     from mw_core.replay.run import run_replay
 
     settings = settings_or_exit(log_level="WARNING" if as_json else None)
     try:
         result = run_replay(settings, files, speed=speed, timeout=timeout, progress=not as_json)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ChannelConfigError, RoutingError) as exc:  # messages hold no URL
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if as_json:
@@ -59,6 +61,11 @@ def replay(
     for a in result.anomalies:
         table.add_row(a["symbol"], a["ts"], f"{a['window_s']}s", f"{a['ret'] * 100:+.2f}%", a["direction"])
     out.print(table)
+    for ch in result.notifications or []:
+        out.print(
+            f"notify {ch['channel']}: {ch['delivered']} delivered, {ch['dead']} dead-lettered, "
+            f"{ch['backlog']} waiting ({ch['circuit']})"
+        )
 
 
 def replay_server(

@@ -172,15 +172,14 @@ class Processor:
     # --- lifecycle -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         s = self.stats
+        counts = {
+            name: getattr(s, name) for name in ("consumed", "stored", "dead_letters", "anomalies", "alerts")
+        }
         return {
             "status": "degraded" if s.degraded else "ok",
             "component": "processor",
             "degraded": s.degraded,
-            "consumed": s.consumed,
-            "stored": s.stored,
-            "dead_letters": s.dead_letters,
-            "anomalies": s.anomalies,
-            "alerts": s.alerts,
+            **counts,
             "symbols": len(self.partition_of),
             "last_commit_age_s": None
             if s.last_commit_at is None

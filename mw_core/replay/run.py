@@ -6,6 +6,11 @@ the real `IngestService` and `Processor` on a run-specific topic and consumer gr
 every frame was received, published and processed (durable, offsets committed), and returns the
 tick count, the anomalies stored for the replayed time range and the episode events published for
 it (``alerts``, the same shape as `mw backtest --json`).
+
+When channels are configured (``MW_NOTIFY_URLS`` / ``MW_WEBHOOK_URL``) the run also runs the
+notifier on its own alerts topic and returns only once every replayed alert event reached a final
+delivery state on every channel: delivered, parked or dead-lettered (`mw_core.replay.deliveries`);
+``notifications`` then holds the per-channel counts.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from mw_core.ingest.service import IngestService
 from mw_core.local.runtime import ensure_infra
 from mw_core.markets.episodes import alert_json, alert_order
 from mw_core.models import ms_to_dt
+from mw_core.notify.service import NotifyService
 from mw_core.processor.service import Processor
+from mw_core.replay import deliveries
 from mw_core.replay.klines import resolve_sources
 from mw_core.replay.server import BinanceServer
 
@@ -38,9 +45,13 @@ class ReplayResult:
     dead_letters: int = 0
     anomalies: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)  # published episode events (`alert_json`)
+    notifications: list[dict[str, Any]] | None = None  # per channel, when the notifier ran
 
     def as_json(self) -> dict[str, Any]:
-        return {"ticks": self.ticks, "anomalies": self.anomalies, "alerts": self.alerts}
+        out = {"ticks": self.ticks, "anomalies": self.anomalies, "alerts": self.alerts}
+        if self.notifications is not None:
+            out["notifications"] = self.notifications
+        return out
 
 
 async def _wait_for(predicate: Any, *, timeout: float, what: str) -> None:
@@ -66,6 +77,12 @@ async def _replay(
             "consumer_group": f"{settings.consumer_group}-replay-{suffix}",
         }
     )
+    notifier: NotifyService | None = None
+    if deliveries.notifying(settings):
+        settings = deliveries.replay_settings(settings, suffix)
+        notifier = NotifyService(settings)  # a bad channel config fails before anything starts
+        await notifier.start()
+    notify_task = asyncio.create_task(notifier.run(), name="replay-notify") if notifier else None
     first_kline, _ = server.frame_at(0)
     last_kline, _ = server.frame_at(server.total_frames - 1)
     await server.start()
@@ -115,6 +132,7 @@ async def _replay(
 
     assert settings.database_url is not None
     pool = await create_pool(settings.database_url.get_secret_value())
+    notifications: list[dict[str, Any]] | None = None
     try:
         rows = await pool.fetch(
             """
@@ -136,8 +154,15 @@ async def _replay(
         events = await published_events(
             pool, symbols=server.symbols, start_ms=first_kline.close_time, end_ms=last_kline.close_time + 1
         )
+        if notifier is not None:
+            await deliveries.settle(notifier, pool, events, published=stats.alerts, timeout=timeout)
+            notifications = deliveries.summary(notifier)
     finally:
         await pool.close()
+        if notifier is not None and notify_task is not None:
+            notifier.stop()
+            with contextlib.suppress(Exception):
+                await notify_task
     anomalies = [
         {
             "symbol": r["symbol"],
@@ -155,6 +180,7 @@ async def _replay(
         dead_letters=stats.dead_letters + int(ingest.stats["dlq"]),
         anomalies=anomalies,
         alerts=sorted((alert_json(e) for e in events), key=alert_order),
+        notifications=notifications,
     )
 
 

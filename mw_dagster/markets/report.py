@@ -49,7 +49,7 @@ def market_report(context: AssetExecutionContext, postgres: PostgresResource) ->
         report.seconds,
     )
     items = [
-        (f"{symbol} · {report.day} · {report.episodes.get(symbol, 0)} episode(s)", chart)
+        (f"{symbol} · {report.day} · {_episodes(report.episodes.get(symbol, 0))}", chart)
         for symbol, chart in report.charts
     ]
     degraded = {symbol: chart.reason for symbol, chart in report.charts if chart.reason}
@@ -67,3 +67,7 @@ def market_report(context: AssetExecutionContext, postgres: PostgresResource) ->
             "duration_ms": round(report.seconds * 1000, 1),
         }
     )
+
+
+def _episodes(n: int) -> str:
+    return f"{n} episode" if n == 1 else f"{n} episodes"

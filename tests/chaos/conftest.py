@@ -7,12 +7,12 @@ terminal summary (they feed tests/chaos/RESULTS.md) and written to ``<basetemp>/
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import pytest
+
+from tests.conftest import create_database, drop_databases
 
 _RESULTS: list[dict[str, Any]] = []
 
@@ -33,24 +33,12 @@ async def make_db(pg_server_url: str) -> AsyncIterator[Callable[[], Awaitable[st
     names: list[str] = []
 
     async def create() -> str:
-        name = f"mwchaos_{uuid.uuid4().hex[:12]}"
-        conn = await asyncpg.connect(pg_server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
+        name, url = await create_database(pg_server_url, "mwchaos")
         names.append(name)
-        base, _, query = pg_server_url.partition("?")
-        head, _, _ = base.rpartition("/")
-        return f"{head}/{name}" + (f"?{query}" if query else "")
+        return url
 
     yield create
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        for name in names:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_databases(pg_server_url, names)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

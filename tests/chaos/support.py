@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from mw_core.adapters import bus
 from mw_core.adapters.postgres.episodes import events_between, unpublished_events
@@ -80,6 +80,31 @@ def processor_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def spawn_mw(
+    command: str, *, env: Mapping[str, str], cwd: Path, stdout: Any, stderr: Any
+) -> subprocess.Popen[bytes]:
+    """`mw <command>` as a child in its own session, so a signal to its group reaches all of it."""
+    argv = [sys.executable, "-m", "mw_core.cli", command]
+    return subprocess.Popen(
+        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True
+    )
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Graceful stop of a `spawn_mw` child: SIGTERM to its group (the production path), SIGKILL
+    if it does not exit within `timeout`. Returns its exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return int(proc.returncode)
+
+
 class ProcessorProcess:
     """One `mw process` child process (its own session, so signals reach all of it)."""
 
@@ -97,15 +122,7 @@ class ProcessorProcess:
     def start(self) -> ProcessorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mw_core.cli", "process"],
-                env=self.env,
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
+            self.proc = spawn_mw("process", env=self.env, cwd=self.workdir, stdout=out, stderr=err)
         return self
 
     @property
@@ -128,13 +145,7 @@ class ProcessorProcess:
     def stop(self, timeout: float = 20.0) -> int:
         """Graceful stop (SIGTERM, the production path); SIGKILL if it does not exit in time."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-        return int(self.proc.returncode)
+        return stop_group(self.proc, timeout)
 
     def output(self) -> str:
         parts = []
@@ -219,12 +230,7 @@ async def produce_records(settings: Settings, records: Iterable[tuple[bytes | No
 
 async def read_topic(settings: Settings, topic: str, *, timeout: float = 30.0) -> list[dict[str, Any]]:
     """Every record of `topic` (all partitions), JSON-decoded, up to the current high watermarks."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = bus.consumer(settings, group_id=None)
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
@@ -292,6 +298,29 @@ async def ensure_schema(url: str) -> None:
         await apply_schema(pool)
     finally:
         await pool.close()
+
+
+async def with_schema(make_settings: Callable[..., Settings], **options: Any) -> tuple[Settings, str]:
+    """`make_settings(**options)` and its database URL, with the schema created (`ensure_schema`)."""
+    settings = make_settings(**options)
+    assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
+    await ensure_schema(url)
+    return settings, url
+
+
+def clean_twin(
+    make_settings: Callable[..., Settings], settings: Settings, clean_url: str, **options: Any
+) -> Settings:
+    """Settings for the undisturbed reference processor of `settings`: the same `options`, but its
+    own database (`clean_url`), consumer group and output topics (suffix ``-clean``)."""
+    return make_settings(
+        **options,
+        database_url=clean_url,
+        consumer_group=settings.consumer_group + "-clean",
+        topic_alerts=settings.topic_alerts + "-clean",
+        topic_dlq=settings.topic_dlq + "-clean",
+    )
 
 
 async def stored_ticks(url: str) -> list[tuple[str, int, float]]:

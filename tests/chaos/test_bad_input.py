@@ -25,12 +25,12 @@ from tests.chaos.support import (
     T0,
     ProcessorProcess,
     anomaly_keys,
-    ensure_schema,
     fetchval,
     produce_records,
     read_topic,
     stored_ticks,
     wait_for,
+    with_schema,
 )
 
 pytestmark = pytest.mark.chaos
@@ -133,10 +133,7 @@ async def test_ten_thousand_malformed_records_all_dead_lettered_with_reasons(
     make_settings: Callable[..., Settings], tmp_path: Path, chaos_record: Callable[..., None]
 ) -> None:
     rng = random.Random(4242)
-    settings = make_settings(prices_partitions=3)
-    assert settings.database_url is not None
-    url = settings.database_url.get_secret_value()
-    await ensure_schema(url)
+    settings, url = await with_schema(make_settings, prices_partitions=3)
     good = [t for s in ("MXAUSDT", "MXBUSDT", "MXCUSDT", "MXDUSDT") for t in walk(s, 2_500, 50.0)]
     bad = malformed(rng, 10_000)
     expected = Counter(reason for _, reason in bad)
@@ -225,10 +222,7 @@ def absurd(now_ms: int) -> list[tuple[Record, str]]:
 async def test_absurd_market_data_is_rejected_never_stored_never_alerting(
     make_settings: Callable[..., Settings], tmp_path: Path, chaos_record: Callable[..., None]
 ) -> None:
-    settings = make_settings(prices_partitions=3)
-    assert settings.database_url is not None
-    url = settings.database_url.get_secret_value()
-    await ensure_schema(url)
+    settings, url = await with_schema(make_settings, prices_partitions=3)
     btc, eth = walk("BTCUSDT", 600, 60_000.0), walk("ETHUSDT", 600, 3_000.0)
     cases = absurd(int(time.time() * 1000))
     # BTC/ETH ticks of the first 5 minutes, every absurd record, then the rest of the streams.

@@ -38,7 +38,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from mw_core.local.ports import free_port
 from mw_core.markets import codec
 from mw_core.replay.klines import Kline, read_kline_file
 from mw_core.replay.server import BinanceServer
+from tests.chaos.support import spawn_mw, stop_group, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(150)]
 
@@ -85,14 +86,8 @@ class Service:
 
     def start(self) -> Service:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mw_core.cli", self.command],
-                env=self.env,
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+            self.proc = spawn_mw(
+                self.command, env=self.env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
             )
         return self
 
@@ -110,33 +105,11 @@ class Service:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (the graceful production path), SIGKILL if it does not exit in time."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
+        return None if self.proc is None else stop_group(self.proc, timeout)
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], *, timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def stored(conn: asyncpg.Connection) -> set[tuple[str, int]]:
@@ -235,7 +208,7 @@ async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
     broker2: EmbeddedBroker | None = None
     conn: asyncpg.Connection | None = None
     try:
-        await wait_for(processor.health, timeout=30, what="the processor's /healthz")
+        await wait_for(processor.health, timeout=30, interval=0.1, what="the processor's /healthz")
         ingest = Service("ingest", tmp_path, env).start()
         conn = await asyncpg.connect(db_url)
 
@@ -245,7 +218,7 @@ async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
         async def reached_kill_frame() -> bool:
             return server.position >= kill_frame
 
-        await wait_for(reached_kill_frame, timeout=40, what=f"{kill_frame} frames sent")
+        await wait_for(reached_kill_frame, timeout=40, interval=0.1, what=f"{kill_frame} frames sent")
         durable_before = await stored(conn)
         newest_durable = {s: max((t for sym, t in durable_before if sym == s), default=0) for s in SYMBOLS}
         os.killpg(broker.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
@@ -283,7 +256,7 @@ async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
             missing = everything - await stored(conn)
             return all(newest_durable[s] < t <= newest_sent_at_kill.close_time for s, t in missing)
 
-        await wait_for(settled, timeout=40, what="every tick sent after the kill to be stored")
+        await wait_for(settled, timeout=40, interval=0.1, what="every tick sent after the kill to be stored")
         recovered_s = time.monotonic() - restarted_at
         await asyncio.sleep(1.0)  # a last batch in flight must not change the verdict
 
@@ -327,7 +300,7 @@ async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
         async def outbox_drained() -> bool:
             return not await conn.fetchval("SELECT count(*) FROM alert_events WHERE published_at IS NULL")
 
-        await wait_for(outbox_drained, timeout=20, what="the episode outbox to drain")
+        await wait_for(outbox_drained, timeout=20, interval=0.1, what="the episode outbox to drain")
         marked_after = {
             (r["episode_id"], int(r["seq"]))
             for r in await conn.fetch(

@@ -36,6 +36,7 @@ from mw_core.replay.klines import read_kline_file
 from tests.chaos.support import (
     ProcessorProcess,
     anomaly_keys,
+    clean_twin,
     ensure_schema,
     event_body,
     event_key,
@@ -46,11 +47,12 @@ from tests.chaos.support import (
     settled,
     stored_events,
     wait_for,
+    with_schema,
 )
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.chaos
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SYMBOLS = ("ADAUSDT", "BTCUSDT", "SOLUSDT")
 DAY = "2024-08-05"
 CUT_SYMBOL = "SOLUSDT"
@@ -86,18 +88,10 @@ async def test_sigkill_mid_episode_rebuilds_it_and_publishes_each_event_once(
     tmp_path: Path,
     chaos_record: Callable[..., None],
 ) -> None:
-    settings = make_settings(prices_partitions=3)
-    assert settings.database_url is not None and settings.episodes_enabled
-    url = settings.database_url.get_secret_value()
+    settings, url = await with_schema(make_settings, prices_partitions=3)
+    assert settings.episodes_enabled
     clean_url = await make_db()
-    clean = make_settings(
-        prices_partitions=3,
-        database_url=clean_url,
-        consumer_group=settings.consumer_group + "-clean",
-        topic_alerts=settings.topic_alerts + "-clean",
-        topic_dlq=settings.topic_dlq + "-clean",
-    )
-    await ensure_schema(url)
+    clean = clean_twin(make_settings, settings, clean_url, prices_partitions=3)
     await ensure_schema(clean_url)
     ticks = crash_day()
     expected = pure_events(settings, ticks)

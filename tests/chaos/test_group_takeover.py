@@ -24,7 +24,6 @@ from tests.chaos.support import (
     T0,
     ProcessorProcess,
     anomaly_keys,
-    ensure_schema,
     event_body,
     event_key,
     fetch,
@@ -34,6 +33,7 @@ from tests.chaos.support import (
     stored_events,
     stored_ticks,
     wait_for,
+    with_schema,
 )
 
 pytestmark = pytest.mark.chaos
@@ -60,10 +60,7 @@ def after_kill(symbol: str, last: Tick) -> Tick:
 async def test_survivor_takes_over_rehydrates_and_detects_split_jump(
     make_settings: Callable[..., Settings], tmp_path: Path, chaos_record: Callable[..., None]
 ) -> None:
-    settings = make_settings(prices_partitions=6)
-    assert settings.database_url is not None
-    url = settings.database_url.get_secret_value()
-    await ensure_schema(url)
+    settings, url = await with_schema(make_settings, prices_partitions=6)
     a = ProcessorProcess(settings, tmp_path, name="a").start()
     b = ProcessorProcess(settings, tmp_path, name="b").start()
     try:

@@ -35,6 +35,7 @@ from tests.chaos.support import (
     T0,
     ProcessorProcess,
     anomaly_keys,
+    clean_twin,
     committed_offsets,
     ensure_schema,
     event_body,
@@ -46,13 +47,14 @@ from tests.chaos.support import (
     stored_events,
     stored_ticks,
     wait_for,
+    with_schema,
 )
 
 pytestmark = pytest.mark.chaos
 
-SEED = int(os.environ.get("MW_CHAOS_SEED", "20241124"))
 N_SYMBOLS = 20
 N_PER_SYMBOL = 10_000  # 200,000 ticks
+SEED = int(os.environ.get("MW_CHAOS_SEED", "20241124"))
 KILLS = int(os.environ.get("MW_CHAOS_KILLS", "20"))
 KILL_JITTER_S = 0.15
 QUIET_S = 300
@@ -81,25 +83,23 @@ async def _count(conn: asyncpg.Connection) -> int:
 @pytest.mark.timeout(120 + 15 * KILLS)
 async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     make_settings: Callable[..., Settings],
-    make_db: Callable[[], Awaitable[str]],
     tmp_path: Path,
+    make_db: Callable[[], Awaitable[str]],
     chaos_record: Callable[..., None],
 ) -> None:
     rng = random.Random(SEED)
-    settings = make_settings(prices_partitions=6, batch_max_records=2_000, episode_quiet_s=QUIET_S)
-    assert settings.database_url is not None
-    url = settings.database_url.get_secret_value()
+    settings, url = await with_schema(
+        make_settings, prices_partitions=6, batch_max_records=2_000, episode_quiet_s=QUIET_S
+    )
     clean_url = await make_db()
-    clean = make_settings(
+    clean = clean_twin(
+        make_settings,
+        settings,
+        clean_url,
         prices_partitions=6,
         batch_max_records=2_000,
         episode_quiet_s=QUIET_S,
-        database_url=clean_url,
-        consumer_group=settings.consumer_group + "-clean",
-        topic_alerts=settings.topic_alerts + "-clean",
-        topic_dlq=settings.topic_dlq + "-clean",
     )
-    await ensure_schema(url)
     await ensure_schema(clean_url)
     ticks = market(SEED, N_SYMBOLS, N_PER_SYMBOL)
     total = len(ticks)
@@ -230,10 +230,7 @@ async def test_sigkill_between_alert_send_and_mark_publishes_each_alert_once(
     make_settings: Callable[..., Settings], tmp_path: Path, chaos_record: Callable[..., None]
 ) -> None:
     # A 120 s quiet period, so that each symbol's episode also closes within its 1,400 ticks.
-    settings = make_settings(prices_partitions=3, episode_quiet_s=120)
-    assert settings.database_url is not None
-    url = settings.database_url.get_secret_value()
-    await ensure_schema(url)
+    settings, url = await with_schema(make_settings, prices_partitions=3, episode_quiet_s=120)
     conn = await asyncpg.connect(url)
     try:
         for sql in _HOLD_MARK:

@@ -44,6 +44,7 @@ def test_assets_groups_and_lineage() -> None:
         "headlines": "news",
         "alert_events": "alerts",
         "alert_enrichments": "alerts",
+        "notification_deliveries": "alerts",
     }
 
     def parents(key: str) -> set[str]:
@@ -59,6 +60,7 @@ def test_assets_groups_and_lineage() -> None:
     assert parents("market_backtest") == {"prices"}
     assert parents("alert_events") == {"anomalies"}
     assert parents("alert_enrichments") == {"alert_events", "headlines", "prices"}
+    assert parents("notification_deliveries") == {"alert_events"}
     assert parents("market_overview") == {"prices", "alert_events"}
     assert parents("market_report") == {"prices", "alert_events"}
     assert graph.get(dg.AssetKey("market_overview")).partitions_def is None  # "now", not a day
@@ -84,6 +86,7 @@ def test_checks_jobs_schedules_sensors() -> None:
         ("headlines", "headlines_freshness"),
         ("headlines", "headlines_duplicate_rate"),
         ("price_anomalies", "price_anomalies_agreement"),
+        ("notification_deliveries", "notification_delivery_health"),
     }
     repo = defs.get_repository_def()
     jobs = {
@@ -94,6 +97,7 @@ def test_checks_jobs_schedules_sensors() -> None:
         "alert_enrichments_job",
         "maintenance_job",
         "quality_checks_job",
+        "delivery_health_job",
     }
     assert jobs <= set(repo.job_names)
     assert {s.name for s in repo.schedule_defs} == {
@@ -102,6 +106,7 @@ def test_checks_jobs_schedules_sensors() -> None:
         "market_report_schedule",
         "maintenance_schedule",
         "quality_checks_schedule",
+        "delivery_health_schedule",
     }
 
     sensors = {s.name: s for s in repo.sensor_defs}

@@ -25,6 +25,18 @@ from typing import Any
 import httpx
 from websockets.sync.client import ClientConnection, connect
 
+# A quiet headless Chromium: no GPU, no sandbox (containers), no background traffic or updates.
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+)
+
 
 class DevToolsError(RuntimeError):
     """The browser answered a command with an error, or a page expression threw."""
@@ -47,14 +59,7 @@ class DevToolsPage:
         self._proc = subprocess.Popen(
             [
                 self.binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
+                *HEADLESS_FLAGS,
                 "--remote-debugging-port=0",
                 "--remote-allow-origins=*",
                 f"--user-data-dir={self.profile}",

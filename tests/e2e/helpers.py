@@ -34,6 +34,7 @@ import httpx
 import psutil
 
 from mw_core.local.ports import port_free, port_open
+from tests.e2e.devtools import HEADLESS_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 MW = (
@@ -374,14 +375,7 @@ class Chromium:
     def _run(self, *args: str, budget_ms: int) -> subprocess.CompletedProcess[bytes]:
         argv = [
             self.binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
+            *HEADLESS_FLAGS,
             f"--user-data-dir={self.profile}",
             f"--window-size={self.window}",
             f"--virtual-time-budget={budget_ms}",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ import psycopg2
 import pytest
 
 from mw_core.local.ports import free_port
+from tests.e2e.devtools import DevToolsPage
 from tests.e2e.helpers import (
     ROOT,
     Chromium,
@@ -64,7 +66,13 @@ COMPONENTS = [
     "process",
     "notify",
 ]
-ASSETS = ["alert_enrichments", "db_schema", "headlines", "price_anomalies"]
+ASSETS = ["alert_enrichments", "db_schema", "headlines", "market_overview", "price_anomalies"]
+MATERIALIZED = ("db_schema", "headlines", "alert_enrichments", "market_overview")
+# The chart assets' pages: asset, markdown metadata label holding the PNG(s), screenshot name.
+CHART_PAGES = [
+    ("market_overview", "chart", "dagster-market-overview.png"),
+    ("alert_enrichments", "charts", "dagster-alert-chart.png"),
+]
 
 
 def _day_rows() -> int:
@@ -168,7 +176,8 @@ def test_crash_day_through_the_platform_to_the_dagster_ui(
         runs["price_anomalies"] = api.launch(["price_anomalies"], partition=partition)
         _expect_success(api, [runs["headlines"], runs["price_anomalies"]], timeout=60)
         runs["alert_enrichments"] = api.launch(["alert_enrichments"])
-        _expect_success(api, [runs["alert_enrichments"]], timeout=60)
+        runs["market_overview"] = api.launch(["market_overview"])
+        _expect_success(api, [runs["alert_enrichments"], runs["market_overview"]], timeout=90)
 
         tags = {t["key"]: t["value"] for t in api.run(runs["price_anomalies"])["tags"]}
         assert tags["dagster/partition"] == partition
@@ -176,7 +185,7 @@ def test_crash_day_through_the_platform_to_the_dagster_ui(
         assert mat["runId"] == runs["price_anomalies"] and mat["partition"] == partition
         found = {e["label"]: e.get("intValue") for e in mat["metadataEntries"]}
         assert found["rows_scanned"] >= expected and found["anomalies_found"] >= 3, found
-        for asset in ("db_schema", "headlines", "alert_enrichments"):  # sensors may materialize too
+        for asset in MATERIALIZED:  # sensors may materialize too
             assert runs[asset] in [m["runId"] for m in api.materializations(asset)], asset
         # What the runs wrote, read back from the database (8 of the 11 recorded feed items are valid).
         (batch,) = _sql(db, "SELECT count(*) FROM batch_anomalies WHERE partition_key = %s", partition)
@@ -188,6 +197,7 @@ def test_crash_day_through_the_platform_to_the_dagster_ui(
         api.wait_idle(timeout=60)
         if chromium is not None:
             _check_ui(chromium, dagster_url, api.location, runs, partition)
+            _check_charts(chromium, dagster_url, tmp_path / "devtools-profile")
 
         # 4. `mw down`: nothing of the stack survives, every port is free again.
         platform.remember()
@@ -218,13 +228,12 @@ def _check_ui(chromium: Chromium, url: str, location: str, runs: dict[str, str],
     def assets_ready(root: Node) -> bool:
         rows = rows_by_link(root, "/assets/")
         return all(a in rows for a in ASSETS) and all(
-            re.search(r"(?<!Never )Materialized", rows[a])
-            for a in ("db_schema", "headlines", "alert_enrichments")
+            re.search(r"(?<!Never )Materialized", rows[a]) for a in MATERIALIZED
         )
 
     root, budget = chromium.render(f"{url}/assets", assets_ready)
     rows = rows_by_link(root, "/assets/")
-    for asset in ("db_schema", "headlines", "alert_enrichments"):
+    for asset in MATERIALIZED:
         assert re.search(r"(?<!Never )Materialized", rows[asset]), (asset, rows[asset])
     # A partitioned asset shows partition counts instead: materialized (>= 1), missing, failed, ...
     counts = rows["price_anomalies"]
@@ -264,9 +273,68 @@ def _check_ui(chromium: Chromium, url: str, location: str, runs: dict[str, str],
     _shoot(chromium, f"{url}/runs", "dagster-runs.png", budget)
 
 
-def _shoot(chromium: Chromium, url: str, name: str, budget: int) -> None:
-    path = chromium.screenshot(url, ARTIFACTS / name, budget_ms=budget)
+# Clicks "[Show Markdown]" in the metadata row labelled `label` (the UI's metadata table has a
+# label cell and a value cell per row); true once clicked.
+_OPEN_MARKDOWN = """
+((label) => {
+  for (const cell of document.querySelectorAll('td')) {
+    if (cell.innerText.trim() !== label) continue;
+    const row = cell.closest('tr');
+    const button = row && [...row.querySelectorAll('button, a')]
+      .find((e) => e.innerText.trim() === '[Show Markdown]');
+    if (button) { button.click(); return true; }
+  }
+  return false;
+})(%s)
+"""
+
+# The images of the open markdown dialog once every one finished loading: natural size, scheme.
+_DIALOG_IMAGES = """
+(() => {
+  const dialog = [...document.querySelectorAll('[role="dialog"]')].find((d) => d.querySelector('img'));
+  const images = dialog ? [...dialog.querySelectorAll('img')] : [];
+  if (!images.length || !images.every((i) => i.complete)) return null;
+  return images.map((i) => ({width: i.naturalWidth, height: i.naturalHeight, src: i.src.slice(0, 22)}));
+})()
+"""
+
+# The dialog scrolled to its last chart: the oldest alert of the replayed day (the crash).
+_SHOW_LAST_CHART = """
+(() => {
+  const dialog = [...document.querySelectorAll('[role="dialog"]')].find((d) => d.querySelector('img'));
+  const headings = dialog.querySelectorAll('h4');
+  headings[headings.length - 1].scrollIntoView({block: 'start'});
+  return headings[headings.length - 1].innerText;
+})()
+"""
+
+
+def _check_charts(chromium: Chromium, url: str, profile: Path) -> None:
+    """Each chart asset's page: open its markdown metadata, every image decoded (natural size > 0)."""
+    with DevToolsPage(chromium.binary, profile) as page:
+        # The UI's first-visit "join the community" dialog would cover the charts.
+        page.goto(f"{url}/assets")
+        page.wait_for("document.readyState === 'complete'", timeout=30)
+        page.evaluate("localStorage.setItem('communityNux', JSON.stringify('1'))")
+        for asset, label, shot in CHART_PAGES:
+            page.goto(f"{url}/assets/{asset}")
+            page.wait_for(_OPEN_MARKDOWN % json.dumps(label), timeout=60, what=f"{asset}: {label} metadata")
+            images = page.wait_for(_DIALOG_IMAGES, timeout=30, what=f"{asset}: the images of {label}")
+            assert all(i["src"] == "data:image/png;base64," for i in images), images
+            assert all(i["width"] >= 400 and i["height"] >= 200 for i in images), images
+            shown = page.evaluate(_SHOW_LAST_CHART)
+            if asset == "alert_enrichments":  # the replayed crash day's first alert is the last chart
+                assert "open #1 · 2024-08-05 01:" in str(shown), shown
+            time.sleep(0.5)  # let the scroll settle before the picture
+            _check_screenshot(page.screenshot(ARTIFACTS / shot))
+
+
+def _check_screenshot(path: Path) -> None:
     assert is_png(path) and path.stat().st_size > 20_000, path  # a blank or spinner page is tiny
+
+
+def _shoot(chromium: Chromium, url: str, name: str, budget: int) -> None:
+    _check_screenshot(chromium.screenshot(url, ARTIFACTS / name, budget_ms=budget))
 
 
 @pytest.mark.timeout(180)

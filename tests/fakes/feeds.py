@@ -25,6 +25,8 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
+from tests.fakes.http import serve, shut
+
 
 @dataclass
 class Feed:
@@ -88,20 +90,16 @@ class FeedServer:
         self._httpd = ThreadingHTTPServer((host, 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="feed-server", daemon=True
-        )
+        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FeedServer:
-        self._thread.start()
+        self._thread = serve(self._httpd, name="feed-server", poll_interval=0.05)
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        shut(self._httpd, self._thread)
 
     def __enter__(self) -> FeedServer:
         return self.start()

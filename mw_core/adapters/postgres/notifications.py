@@ -9,6 +9,7 @@ Contract:
   one final row (delivered or dead) exists per key; a second one is ignored.
 - `pending(channels)` lists queued deliveries with no final row, oldest first, with the attempts
   already made: what a (re)started notifier still owes, in order.
+- `final_keys(keys)`: which deliveries are final (`mw replay` waits for its events' keys).
 - `delivery_counts` feeds `mw status` and the Dagster delivery-health view: per channel,
   delivered / failed / parked / dead / pending counts and p95 latency of delivered attempts.
 - All SQL is static text with ``$n`` parameters.
@@ -72,6 +73,7 @@ class ChannelCounts:
     dead: int
     pending: int
     p95_latency_ms: float | None
+    last_status: str | None = None  # the channel's latest attempt: delivered / failed / parked / dead
 
 
 _ENQUEUE = """
@@ -125,6 +127,7 @@ SELECT d.channel, max(d.channel_name) AS channel_name,
        count(*) FILTER (WHERE d.status = 'dead') AS dead,
        coalesce(max(o.n), 0) AS pending,
        CASE WHEN max(l.status) = 'parked' THEN coalesce(max(o.n), 0) ELSE 0 END AS parked,
+       max(l.status) AS last_status,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY d.latency_ms)
            FILTER (WHERE d.status = 'delivered') AS p95
 FROM notification_deliveries d
@@ -189,6 +192,17 @@ async def queued_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:
     return {str(r["idempotency_key"]) for r in await pool.fetch(_KNOWN, list(keys))}
 
 
+async def final_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` reached a final state (delivered or dead)."""
+    if not keys:
+        return set()
+    sql = """
+    SELECT DISTINCT idempotency_key FROM notification_deliveries
+    WHERE status IN ('delivered', 'dead') AND idempotency_key = ANY($1::text[])
+    """
+    return {str(r["idempotency_key"]) for r in await pool.fetch(sql, list(keys))}
+
+
 async def delivery_counts(pool: asyncpg.Pool) -> list[ChannelCounts]:
     """Per-channel counts and p95 latency (ms) of delivered attempts."""
     return [
@@ -201,6 +215,7 @@ async def delivery_counts(pool: asyncpg.Pool) -> list[ChannelCounts]:
             dead=int(r["dead"]),
             pending=int(r["pending"]),
             p95_latency_ms=None if r["p95"] is None else float(r["p95"]),
+            last_status=r["last_status"],
         )
         for r in await pool.fetch(_COUNTS)
     ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -16,13 +15,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from websockets.asyncio.client import connect
 
+from mw_core.adapters import bus
 from mw_core.config import Settings, load_settings
 from mw_core.ingest.backfill import Backfiller, BackfillError
 from mw_core.ingest.client import CONSECUTIVE_FAILURES, BinanceStreamClient
 from mw_core.ingest.service import IngestService
+from mw_core.local.ports import free_port
 from mw_core.markets.codec import BadMessage
 from mw_core.models import Tick
 from mw_core.replay.klines import Kline, read_kline_file
@@ -47,22 +48,18 @@ def keys(rows: Iterable[Kline]) -> set[tuple[str, int]]:
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def consume(
     settings: Settings, topic: str, *, expect: int, timeout: float = 10.0
 ) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"t-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = bus.consumer(settings, group_id=f"t-{uuid.uuid4().hex[:8]}")
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
@@ -90,12 +87,6 @@ async def running(service: IngestService) -> AsyncIterator[asyncio.Task[None]]:
     finally:
         await asyncio.wait_for(service.stop(), 15)
         await asyncio.wait_for(task, 5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Collector:

@@ -23,13 +23,12 @@ from mw_core.news import (
     next_cursor,
     publish_headlines,
 )
-from tests.conftest import FIXTURES
+from tests.conftest import FEED_SYMBOLS, FEEDS
 from tests.fakes.feeds import Feed, FeedServer
 
 pytestmark = pytest.mark.integration
 
-FEEDS = FIXTURES / "feeds"
-SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
+SYMBOLS = FEED_SYMBOLS
 T0 = datetime(2024, 8, 5, 6, 0, tzinfo=UTC)
 
 

@@ -8,15 +8,15 @@ from collections.abc import Iterable
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from mw_core.adapters import bus
 from mw_core.adapters.postgres.pool import create_pool
 from mw_core.adapters.postgres.schema import SCHEMA_VERSION, TABLES, apply_schema, table_counts
 from mw_core.config import Settings
-from mw_core.markets import codec
 from mw_core.models import Tick
 from mw_core.processor.service import Processor
+from tests.chaos.support import produce_ticks
 
 pytestmark = pytest.mark.integration
 
@@ -46,28 +46,13 @@ def walk(
 async def produce(
     settings: Settings, ticks: Iterable[Tick], raw: Iterable[tuple[bytes | None, bytes]] = ()
 ) -> None:
-    await bus.ensure_topics(settings)
-    producer = bus.producer(settings)
-    await producer.start()
-    try:
-        for tick in ticks:
-            key, value = codec.encode_tick(tick)
-            await producer.send(settings.topic_prices, value, key=key)
-        for key, value in raw:
-            await producer.send(settings.topic_prices, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    """Ticks (codec format), then raw (key, value) records, to `prices` (the chaos suite's producer)."""
+    await produce_ticks(settings, ticks, raw)
 
 
 async def consume_all(settings: Settings, topic: str, *, expect: int, timeout: float = 10.0) -> list[dict]:
     # No consumer group: assign all partitions directly (no group-join delay).
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = bus.consumer(settings, group_id=None)
     await consumer.start()
     consumer.assign([TopicPartition(topic, 0)])  # alerts / dlq have one partition
     out: list[dict] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,10 +26,10 @@ from mw_core.config import ConfigError, Settings
 from mw_core.markets.episodes import EpisodeEvent, alert_json
 from mw_core.replay.klines import read_sources
 from mw_core.replay.server import BinanceServer, mini_ticker_event
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.unit
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CRASH = [FIXTURES / f"{s}-1m-2024-08-05.csv" for s in ("BTCUSDT", "SOLUSDT", "ADAUSDT")]
 CALM = FIXTURES / "BTCUSDT-1m-2024-08-18.csv"
 ALL = [*CRASH, CALM]

@@ -22,12 +22,11 @@ from mw_core.news.parse import (
     title_from_description,
 )
 from mw_core.news.sanitize import has_markup
-from tests.conftest import FIXTURES
+from tests.conftest import FEED_SYMBOLS, FEEDS, FIXTURES
 
 pytestmark = pytest.mark.unit
 
-FEEDS = FIXTURES / "feeds"
-SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
+SYMBOLS = FEED_SYMBOLS
 ATOM_URL = "https://decrypt.co/feed/atom"
 
 

@@ -122,14 +122,14 @@ def test_fuzz_arbitrary_lines_never_crash(lines: list[str]) -> None:
     assert len(f.klines) + len(f.errors) <= len(lines)
 
 
-@pytest.mark.parametrize(
-    ("name", "symbol"),
-    [
-        ("BTCUSDT-1m-2024-08-05.csv", "BTCUSDT"),
-        ("/some/dir/ETHUSDT-1m-2024-08-05.csv.gz", "ETHUSDT"),
-        ("SOLUSDT-1m-2024-08.csv", "SOLUSDT"),
-    ],
-)
+SYMBOL_OF_FILE = {
+    "BTCUSDT-1m-2024-08-05.csv": "BTCUSDT",
+    "/some/dir/ETHUSDT-1m-2024-08-05.csv.gz": "ETHUSDT",
+    "SOLUSDT-1m-2024-08.csv": "SOLUSDT",
+}
+
+
+@pytest.mark.parametrize(("name", "symbol"), SYMBOL_OF_FILE.items())
 def test_symbol_from_filename(name: str, symbol: str) -> None:
     assert symbol_from_filename(name) == symbol
 
