@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="Kafka SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password.")
     kafka_ssl_cafile: Path | None = Field(
-        None, description="PEM CA bundle that signed the brokers' certificates (SSL / SASL_SSL). Unset: system CAs."
+        None,
+        description="PEM CA bundle that signed the brokers' certificates (SSL / SASL_SSL). Unset: system CAs.",
     )
     kafka_ssl_certfile: Path | None = Field(
         None,
@@ -194,13 +195,11 @@ class Settings(BaseSettings):
         30, ge=2, description="Adaptive scoring: samples needed before the baseline can raise a threshold."
     )
     episodes_enabled: bool = Field(
-        True,
-        description="Group detections into alert episodes (open / escalate / close); off: one alert per detection.",
+        True, description="Alert episodes (open / escalate / close); off: one alert per detection."
     )
+    # Severity = |ret| / threshold, so windows of different length compare on one scale.
     episode_escalation_step: float = Field(
-        1.5,
-        gt=1.0,
-        description="An open episode alerts again when a detection's severity (|ret| / threshold) reaches this multiple of the last alerted one.",
+        1.5, gt=1.0, description="An open episode alerts again at this multiple of the severity last alerted."
     )
     episode_quiet_s: int = Field(
         3600, gt=0, description="An episode closes after this long (event time) without a detection."

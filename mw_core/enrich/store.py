@@ -30,7 +30,7 @@ TEMPLATE_MODEL = "template"
 
 @dataclass(frozen=True, slots=True)
 class StoredEnrichment:
-    """One `alert_enrichments` row (fields in column order: `save_enrichment` inserts them so)."""
+    """One `alert_enrichments` row (fields in the order `save_enrichment` inserts them)."""
 
     episode_id: str
     seq: int
