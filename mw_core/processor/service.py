@@ -38,20 +38,15 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
 from mw_core.adapters import bus
-from mw_core.adapters.postgres.anomalies import insert_anomalies, last_anomaly_ts
+from mw_core.adapters.postgres.anomalies import insert_anomalies
 from mw_core.adapters.postgres.episodes import (
-    detections_before,
     insert_events,
-    price_extremes,
-    unpublished_events,
 )
 from mw_core.adapters.postgres.pool import create_pool, ping
 from mw_core.adapters.postgres.prices import (
     MetricRow,
     insert_metrics,
     insert_ticks,
-    minute_closes,
-    recent_prices,
 )
 from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.adapters.retry import DB_TRANSIENT, retry_async
@@ -61,6 +56,7 @@ from mw_core.markets.analysis import Analysis, Analyzer
 from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.markets.window_math import metric_rows
 from mw_core.models import Anomaly, DeadLetter, Tick
+from mw_core.processor.hydration import rehydrate
 from mw_core.processor.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -305,44 +301,19 @@ class Processor:
             )
 
     async def _hydrate(self, cold: dict[str, tuple[int, int]]) -> None:
-        """Rebuild windows + cooldown of symbols not yet in memory: symbol -> (first ts, partition)."""
+        """Rebuild the state of symbols not yet in memory: symbol -> (first ts, partition)."""
         assert self._pool is not None
-        before = {s: ts for s, (ts, _) in cold.items()}
-        history = await self._with_db_retry(recent_prices, self._pool, before, lookback_s=self._max_window_s)
-        cooldowns = await self._with_db_retry(last_anomaly_ts, self._pool, before)
-        orphans = await self._with_db_retry(unpublished_events, self._pool, limit=10_000, symbols=list(cold))
-        self.outbox.suspect(e.key for _, e in orphans)
-        # Open episodes are rebuilt like the cooldown: from the stored raw detections before the
-        # batch, then their extreme price from the stored prices the episode has seen.
-        detections = await self._with_db_retry(
-            detections_before, self._pool, before, lookback_s=self._episode_lookback_s
+        orphans = await rehydrate(
+            self._pool,
+            self._with_db_retry,
+            self.analyzer,
+            self.episodes,
+            {s: ts for s, (ts, _) in cold.items()},
+            max_window_s=self._max_window_s,
+            episode_lookback_s=self._episode_lookback_s,
         )
-        closes: dict[str, list[tuple[int, float]]] = {}
-        if self.analyzer.adaptive_lookback_s:
-            lookback = self.analyzer.adaptive_lookback_s + self._max_window_s + 60
-            closes = await self._with_db_retry(minute_closes, self._pool, before, lookback_s=lookback)
-        spans: dict[str, tuple[int, int]] = {}
-        for symbol, (first_ts, partition) in cold.items():
-            self.analyzer.hydrate(
-                symbol,
-                history.get(symbol, ()),
-                last_alert_ts=cooldowns.get(symbol),
-                closes=closes.get(symbol, ()),
-                before_ts=first_ts,
-            )
-            self.partition_of[symbol] = partition
-            if self.episodes.rebuild(symbol, detections.get(symbol, ()), before_ts=first_ts) is not None:
-                span = self.episodes.extreme_span(symbol, first_ts)
-                if span is not None:
-                    spans[symbol] = span
-        if spans:
-            extremes = await self._with_db_retry(price_extremes, self._pool, spans)
-            for symbol, (lo, hi) in extremes.items():
-                self.episodes.widen_extreme(symbol, lo, hi)
-        if cold:
-            log.debug(
-                "rehydrated %d symbols (%d stored ticks)", len(cold), sum(len(v) for v in history.values())
-            )
+        self.outbox.suspect(orphans)
+        self.partition_of.update({s: p for s, (_, p) in cold.items()})
 
     async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Analyse one batch and make it durable (both stages, sequentially)."""
