@@ -55,6 +55,8 @@ done
 for path in "${scripts[@]}"; do
     run "$(basename "$path" .py)" "$PY" "$path"
 done
+# The notifier: alert event -> 3 local channels (latency, 1,000-event burst under the rate limit).
+run notify "$PY" bench/notify.py
 
 # The processor benchmark keeps its embedded PostgreSQL running (it is reused by the next
 # run): give it a scratch state dir and stop that server afterwards.

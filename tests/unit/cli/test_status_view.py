@@ -50,3 +50,43 @@ def test_status_shows_the_broker_memory_and_rollovers() -> None:
     console = Console(record=True, width=200)
     console.print(render_status({"running": True, "meta": {}, "components": [kafka], "events": []}))
     assert "broker memory 41 MB of 256 MB cap; 2 rollovers" in console.export_text()
+
+
+def test_status_shows_delivery_counts_per_notification_channel() -> None:
+    from rich.console import Console
+
+    from mw_core.cli.status_view import render_status
+
+    status = {
+        "running": True,
+        "meta": {},
+        "components": [{"component": "notify", "state": "running", "address": "", "pid": 7}],
+        "notifications": [
+            {
+                "channel_name": "json://u...r:****@127.0.0.1:9/alerts",
+                "delivered": 41,
+                "failed": 3,
+                "parked": 0,
+                "dead": 1,
+                "pending": 0,
+                "p95_latency_ms": 18.4,
+            },
+            {
+                "channel_name": "webhook http://127.0.0.1:9/mw",
+                "delivered": 40,
+                "failed": 7,
+                "parked": 5,
+                "dead": 0,
+                "pending": 5,
+                "p95_latency_ms": None,
+            },
+        ],
+    }
+    console = Console(record=True, width=200)
+    console.print(render_status(status))
+    text = console.export_text()
+    assert "notifications" in text and "parked" in text
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") >= 7}
+    hook = rows["webhook http://127.0.0.1:9/mw"]
+    assert [c.strip() for c in hook.split("│")[2:8]] == ["40", "7", "5", "0", "5", "-"]
+    assert "18 ms" in rows["json://u...r:****@127.0.0.1:9/alerts"]
