@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 
+from mw_core.charts import render
 from mw_core.charts.model import Chart, Points
 from mw_core.charts.render import (
     DOWN,
@@ -26,12 +27,10 @@ from mw_core.charts.render import (
     PALETTE,
     UP,
     chart_axes,
-    decorate,
     describe_gaps,
     draw_price,
     finish,
     gaps,
-    mark_events,
     new_figure,
     pct,
     price_axis,
@@ -127,7 +126,7 @@ def overview_chart(
     time_axis(ax, t0, t1)
     price_axis(ax, "index (start = 100)")
     reason = "; ".join(notes + ([f"no data: {', '.join(missing)}"] if missing else [])) or None
-    decorate(fig, ax, title, legend_cols=5)
+    render.decorate(fig, ax, title, legend_cols=5)
     return finish(fig, title=title, started=started, reason=reason)
 
 
@@ -195,9 +194,9 @@ def day_chart(symbol: str, prices: Points, events: Sequence[EpisodeEvent], *, da
                 weight="bold",
                 parse_math=False,
             )
-    mark_events(ax, mine, t0=t0, t1=t1)
+    render.mark_events(ax, mine, t0=t0, t1=t1)
     y_limits(ax, [p for _, p in pts] + [e.price for e in mine if t0 <= e.ts < t1], top_room=0.12)
     time_axis(ax, t0, t1)
     price_axis(ax)
-    decorate(fig, ax, f"{title} ({reason})" if reason else title, legend_cols=6)
+    render.decorate(fig, ax, f"{title} ({reason})" if reason else title, legend_cols=6)
     return finish(fig, title=title, started=started, reason=reason)

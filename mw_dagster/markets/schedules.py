@@ -3,28 +3,30 @@ ended), `market_overview_schedule` (every 15 minutes)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
 from mw_dagster.markets.jobs import market_overview_job, market_report_job, price_anomalies_job
 
-# Daily partitions: at 00:15 UTC the day that just ended becomes the latest partition; the 15 minutes
-# let the stream and the REST backfill land the day's last ticks first.
-price_anomalies_schedule = dg.build_schedule_from_partitioned_job(
-    price_anomalies_job,
-    name="price_anomalies_schedule",
-    hour_of_day=0,
-    minute_of_hour=15,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
 
-# The report of the day that just ended, after the late ticks (as above) and the episodes closed by them.
-market_report_schedule = dg.build_schedule_from_partitioned_job(
-    market_report_job,
-    name="market_report_schedule",
-    hour_of_day=0,
-    minute_of_hour=20,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+def _after_midnight(
+    job: dg.UnresolvedAssetJobDefinition, minute: int
+) -> Any:  # a schedule, or Dagster's private unresolved one for asset jobs
+    """The day that just ended, `minute` minutes after midnight UTC (its partition is then the latest)."""
+    return dg.build_schedule_from_partitioned_job(
+        job,
+        name=f"{job.name.removesuffix('_job')}_schedule",
+        hour_of_day=0,
+        minute_of_hour=minute,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+
+
+# 00:15 lets the stream and the REST backfill land the day's last ticks first; the report follows at
+# 00:20, after the episodes those late ticks closed.
+price_anomalies_schedule = _after_midnight(price_anomalies_job, 15)
+market_report_schedule = _after_midnight(market_report_job, 20)
 
 market_overview_schedule = dg.ScheduleDefinition(
     name="market_overview_schedule",
