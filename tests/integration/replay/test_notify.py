@@ -1,13 +1,13 @@
 """`mw replay` with channels: the real crash day's alerts reach a local signed webhook, once.
 
-The replay runs the real ingest, broker, processor and notifier; the receivers are local HTTP
-servers (our signed webhook, and Apprise ``json://``). `run_replay` returns only after every
+The replay runs the real ingest, broker, processor and notifier; the receivers are the notifier
+tests' local HTTP servers (our signed webhook, and Apprise ``json://``; see this folder's conftest). `run_replay` returns only after every
 alert event is final on every channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -16,25 +16,12 @@ from mw_core.notify.channels import channel_id
 from mw_core.replay.run import run_replay
 from tests.conftest import FIXTURES
 from tests.fakes.webhook import Receiver
+from tests.integration.notify.conftest import WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration
 
-SECRET = "whsec-replay-7c1d"
+SECRET = WEBHOOK_SECRET
 CRASH_DAY = str(FIXTURES / "BTCUSDT-1m-2024-08-05.csv")
-
-
-@pytest.fixture
-def webhook() -> Iterator[Receiver]:
-    r = Receiver(secret=SECRET).start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def json_receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 def test_replayed_crash_day_alerts_all_arrive_signed_once(
