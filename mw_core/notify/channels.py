@@ -145,10 +145,11 @@ def native_format(plugin: apprise.plugins.NotifyBase) -> Format:
 
 
 def _display_url(url: str) -> str:
+    """Scheme, host and port only: the path of a webhook URL often carries its token."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, netloc, "/***" if parts.path.strip("/") else "", "", ""))
 
 
 class WebhookChannel:

@@ -72,7 +72,7 @@ def test_status_shows_delivery_counts_per_notification_channel() -> None:
                 "p95_latency_ms": 18.4,
             },
             {
-                "channel_name": "webhook http://127.0.0.1:9/mw",
+                "channel_name": "webhook http://127.0.0.1:9/***",
                 "delivered": 40,
                 "failed": 7,
                 "parked": 5,
@@ -87,6 +87,6 @@ def test_status_shows_delivery_counts_per_notification_channel() -> None:
     text = console.export_text()
     assert "notifications" in text and "parked" in text
     rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") >= 7}
-    hook = rows["webhook http://127.0.0.1:9/mw"]
+    hook = rows["webhook http://127.0.0.1:9/***"]
     assert [c.strip() for c in hook.split("│")[2:8]] == ["40", "7", "5", "0", "5", "-"]
     assert "18 ms" in rows["json://u...r:****@127.0.0.1:9/alerts"]
