@@ -77,8 +77,9 @@ class EnrichmentRow:
     @property
     def stored(self) -> StoredEnrichment:
         """The `alert_enrichments` row this enrichment is saved as."""
-        usage = (self.prompt_tokens, self.completion_tokens, self.latency_ms)
-        return StoredEnrichment(*(self.key + (self.model, self.summary, self.is_template) + usage))
+        episode_id, seq = self.key
+        row = (episode_id, seq, self.model, self.summary, self.is_template)
+        return StoredEnrichment(*row, self.prompt_tokens, self.completion_tokens, self.latency_ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,12 @@ class Kline:
 
     def to_tick(self, *, source: str = "replay") -> Tick:
         """The tick Binance's miniTicker would carry at this kline's close."""
-        prices = (self.close, self.open, self.high, self.low)  # Tick's price (the last: close), open, high, low
+        prices = (
+            self.close,
+            self.open,
+            self.high,
+            self.low,
+        )  # Tick's price (the last: close), open, high, low
         return Tick(self.symbol, self.close_time, *prices, self.volume, self.quote_volume, source)
 
 
