@@ -24,7 +24,10 @@ from collections.abc import Mapping
 import dagster as dg
 
 from mw_core.config import Settings, load_settings
+from mw_core.notify.channels import ChannelConfigError, describe_channels
+from mw_core.notify.routing import RoutingError
 from mw_dagster.alerts import definitions as alerts
+from mw_dagster.alerts.delivery import channel_checks
 from mw_dagster.infra import definitions as infra
 from mw_dagster.maintenance import definitions as maintenance
 from mw_dagster.markets import definitions as markets
@@ -72,11 +75,28 @@ def build_resources(settings: Settings, env: Mapping[str, str]) -> dict[str, dg.
 
 settings = load_settings()
 
+
+def configured_channels(settings: Settings) -> list[tuple[str, str]]:
+    """The notifier's channels (hashed id, masked name); none when their configuration is invalid.
+
+    A bad MW_NOTIFY_URLS is the notifier's error to report (`mw notify`, `mw doctor`); the code
+    location still loads, and the aggregate `notification_delivery_health` check keeps watching.
+    """
+    try:
+        return describe_channels(settings)
+    except (ChannelConfigError, RoutingError):
+        return []
+
+
 defs = dg.Definitions.merge(
     infra.defs,
     markets.defs,
     news.defs,
     alerts.defs,
     maintenance.defs,
-    dg.Definitions(sensors=build_sensors(settings), resources=build_resources(settings, os.environ)),
+    dg.Definitions(
+        asset_checks=channel_checks(configured_channels(settings)),
+        sensors=build_sensors(settings),
+        resources=build_resources(settings, os.environ),
+    ),
 )

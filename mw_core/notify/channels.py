@@ -98,11 +98,7 @@ class AppriseChannel:
         self, spec: ChannelSpec, *, position: int, dagster_url: str | None, timeout_s: float = 15.0
     ) -> None:
         asset = apprise.AppriseAsset(secure_logging=True)
-        plugin = apprise.Apprise.instantiate(spec.url, asset=asset)
-        if plugin is None:
-            raise ChannelConfigError(
-                f"MW_NOTIFY_URLS channel {position}: Apprise does not understand this URL"
-            )
+        plugin = _plugin(spec, position, asset)
         plugin.request_rate_per_sec = 0  # our token bucket paces the channel
         self._apprise = apprise.Apprise(asset=asset)
         self._apprise.add(plugin)
@@ -194,6 +190,30 @@ class WebhookChannel:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _plugin(spec: ChannelSpec, position: int, asset: apprise.AppriseAsset) -> apprise.plugins.NotifyBase:
+    plugin = apprise.Apprise.instantiate(spec.url, asset=asset)
+    if plugin is None:
+        raise ChannelConfigError(f"MW_NOTIFY_URLS channel {position}: Apprise does not understand this URL")
+    return plugin
+
+
+def describe_channels(settings: Settings) -> list[tuple[str, str]]:
+    """``(id, masked display name)`` of each configured channel, in order, opening nothing.
+
+    For places that name channels without delivering (Dagster's per-channel checks): the same
+    ids and names the notifier writes into `notification_deliveries`.
+    """
+    raw = settings.notify_urls.get_secret_value() if settings.notify_urls else None
+    asset = apprise.AppriseAsset(secure_logging=True)
+    out = [
+        (channel_id(spec.url), str(_plugin(spec, i, asset).url(privacy=True)))  # type: ignore[no-untyped-call]
+        for i, spec in enumerate(parse_channels(raw), start=1)
+    ]
+    if settings.webhook_url:
+        out.append((channel_id(settings.webhook_url), "webhook " + _display_url(settings.webhook_url)))
+    return out
 
 
 def build_channels(settings: Settings, *, timeout_s: float = 15.0) -> list[Channel]:

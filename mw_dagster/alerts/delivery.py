@@ -15,6 +15,8 @@ Contract:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 
 from mw_core.adapters.postgres.notifications import ChannelCounts, delivery_counts
@@ -111,6 +113,44 @@ def notification_delivery_health(postgres: PostgresResource) -> dg.AssetCheckRes
         description=description,
         metadata=metadata,
     )
+
+
+def channel_checks(channels: Sequence[tuple[str, str]]) -> list[dg.AssetChecksDefinition]:
+    """One check per configured channel ``(id, masked name)``: WARN while that channel fails.
+
+    The channels come from `Settings` when the code location loads
+    (`mw_core.notify.channels.describe_channels`): hashed ids and privacy-masked names only.
+    """
+    return [_channel_check(cid, name) for cid, name in channels]
+
+
+def _channel_check(cid: str, name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset="notification_deliveries",
+        name=f"delivery_health_{cid}",
+        description=f"Channel {name} delivers: WARN while it is failing or parked.",
+    )
+    def check(postgres: PostgresResource) -> dg.AssetCheckResult:
+        c = next((c for c in postgres.run(delivery_counts) if c.channel == cid), None)
+        if c is None:
+            return dg.AssetCheckResult(
+                passed=True, description=f"{name}: no deliveries yet", metadata={"name": name, "delivered": 0}
+            )
+        counts = {"delivered": c.delivered, "failed": c.failed, "parked": c.parked, "dead": c.dead}
+        return dg.AssetCheckResult(
+            passed=not failing(c),
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{name}: {_state(c)} ({c.pending} waiting)",
+            metadata={
+                "name": name,
+                "state": _state(c),
+                **counts,
+                "pending": c.pending,
+                "p95_latency_ms": _p95(c),
+            },
+        )
+
+    return check
 
 
 delivery_health_job = dg.define_asset_job(

@@ -12,8 +12,9 @@ import pytest
 
 from mw_core.adapters.postgres import notifications as store
 from mw_core.config import load_settings
-from mw_core.notify.channels import Channel, build_channels
-from mw_dagster.alerts.delivery import notification_deliveries, notification_delivery_health
+from mw_core.notify.channels import Channel, build_channels, describe_channels
+from mw_dagster.alerts.delivery import channel_checks, notification_deliveries, notification_delivery_health
+from mw_dagster.definitions import configured_channels
 from mw_dagster.resources import PostgresResource
 
 pytestmark = pytest.mark.integration
@@ -90,3 +91,41 @@ def test_delivery_health_warns_while_a_channel_fails_and_masks_secrets(postgres:
     ok = _evaluate(postgres)
     assert ok.passed, ok.description
     assert ok.metadata["pending"].value == 0 and ok.metadata["parked"].value == 0
+
+
+def test_one_check_per_configured_channel(postgres: PostgresResource) -> None:
+    """The code location declares a check per channel of the configuration: hashed id, masked name."""
+    settings = load_settings(
+        _env_file=None,
+        notify_urls=f"json://bot:{TOKEN}@127.0.0.1:9/alerts",
+        webhook_url=f"http://127.0.0.1:9/hook?token={TOKEN}",
+        webhook_secret=HOOK_SECRET,
+    )
+    described = describe_channels(settings)
+    chat, hook = _channels()
+    assert described == [(chat.id, chat.name), (hook.id, hook.name)]  # what the notifier writes
+    assert configured_channels(load_settings(_env_file=None, notify_urls="[kinds=nope]json://x")) == []
+    checks = channel_checks(described)
+    names = [spec.key.name for c in checks for spec in c.check_specs]
+    assert names == [f"delivery_health_{chat.id}", f"delivery_health_{hook.id}"]
+
+    def evaluate() -> dict[str, dg.AssetCheckEvaluation]:
+        result = dg.materialize(
+            [notification_deliveries, *checks],
+            resources={"postgres": postgres},
+            selection=dg.AssetSelection.all_asset_checks(),
+        )
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+    before = evaluate()
+    assert all(e.passed for e in before.values())
+    _queue(postgres, chat, range(1, 3))
+    _queue(postgres, hook, range(1, 3))
+    _attempt(postgres, chat, 1, "delivered", 10.0)
+    _attempt(postgres, hook, 1, "failed", 5.0)
+    after = evaluate()
+    ok, bad = after[f"delivery_health_{chat.id}"], after[f"delivery_health_{hook.id}"]
+    assert ok.passed and ok.metadata["delivered"].value == 1
+    assert not bad.passed and bad.severity == dg.AssetCheckSeverity.WARN and bad.metadata["failed"].value == 1
+    shown = " ".join(str(e.metadata) + (e.description or "") for e in after.values()) + str(names)
+    assert TOKEN not in shown and HOOK_SECRET not in shown
