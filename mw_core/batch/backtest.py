@@ -34,6 +34,7 @@ import pandas as pd
 
 from mw_core.batch.backtest_report import DEFAULT_MOVE_PCT, day_table, summarize
 from mw_core.batch.partition import (
+    BatchStart,
     PartitionPrices,
     SymbolSeries,
     detect_partition,
@@ -257,7 +258,7 @@ def _run(
     data: PartitionPrices, settings: Settings, overrides: dict[str, Any], move_pct: float
 ) -> BacktestRun:
     t0 = time.perf_counter()
-    anomalies, events = detect_partition(data, settings, {})
+    anomalies, events = detect_partition(data, settings, BatchStart())
     events.sort(key=lambda e: (e.ts, e.symbol, e.seq))
     days = day_table(data, anomalies, events, move_pct=move_pct)
     return BacktestRun(

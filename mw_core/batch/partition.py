@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import asyncpg
@@ -30,7 +30,7 @@ from mw_core.adapters.postgres.episodes import detections_before, events_between
 from mw_core.adapters.postgres.pool import create_pool
 from mw_core.adapters.postgres.prices import minute_closes
 from mw_core.config import Settings
-from mw_core.markets.analysis import analyse_series
+from mw_core.markets.analysis import adaptive_config, analyse_series, closes_lookback_s
 from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.models import Anomaly
 
@@ -286,32 +286,28 @@ async def agreement(pool: asyncpg.Pool, *, start_ms: int, end_ms: int) -> Agreem
 class BatchStart:
     """What the batch needs of the time before a partition, read the way the stream rehydrates."""
 
-    cooldowns: dict[str, int]  # last alert per symbol (`cooldown_seeds`)
-    detections: dict[str, list[Anomaly]]  # raw detections that may still hold an episode open
-    extremes: dict[str, tuple[int, int, float, float]]  # symbol -> (t0, t1, lo, hi) of stored prices
-    closes: dict[str, list[tuple[int, float]]]  # 1-minute closes (adaptive scoring only)
+    cooldowns: dict[str, int] = field(default_factory=dict)  # last alert per symbol (`cooldown_seeds`)
+    # raw detections that may still hold an episode open
+    detections: dict[str, list[Anomaly]] = field(default_factory=dict)
+    # symbol -> (t0, t1, lo, hi) of the stored prices an open episode has seen
+    extremes: dict[str, tuple[int, int, float, float]] = field(default_factory=dict)
+    closes: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # adaptive scoring only
 
 
 def detect_partition(
-    data: PartitionPrices, settings: Settings, start: BatchStart | dict[str, int]
+    data: PartitionPrices, settings: Settings, start: BatchStart
 ) -> tuple[list[Anomaly], list[EpisodeEvent]]:
     """Run THE analysis path (windows, detector, episodes) over every symbol of a partition (pure).
 
     Args:
         data: The partition's ticks and warm-up ticks (`load_partition`).
         settings: Windows, thresholds, cooldown, scoring and episodes, shared with the stream.
-        start: The state before the partition (`load_start`); a plain dict = cooldown seeds only.
+        start: The state before the partition (`load_start`; `BatchStart()`: a cold start).
 
     Returns:
         The raw detections and the episode events, in time order per symbol.
     """
-    if not isinstance(start, BatchStart):
-        start = BatchStart(cooldowns=start, detections={}, extremes={}, closes={})
-    adaptive = (
-        (settings.adaptive_lookback_s, settings.adaptive_z, settings.adaptive_min_samples)
-        if settings.scoring == "adaptive"
-        else None
-    )
+    adaptive = adaptive_config(settings)
     found: list[Anomaly] = []
     events: list[EpisodeEvent] = []
     for series in data.series:
@@ -349,7 +345,9 @@ async def load_start(pool: asyncpg.Pool, data: PartitionPrices, settings: Settin
     symbols = [s.symbol for s in data.series if s.ticks]
     before = {s.symbol: s.ticks[0][0] for s in data.series if s.ticks}
     cooldowns = await cooldown_seeds(pool, symbols, start_ms=data.start_ms, cooldown_s=settings.cooldown_s)
-    detections = await detections_before(pool, before, lookback_s=max(86_400, 4 * settings.episode_quiet_s))
+    detections = await detections_before(
+        pool, before, lookback_s=EpisodePolicy.from_settings(settings).rebuild_lookback_s
+    )
     # The span an open episode has seen is only known after the rebuild: rebuild once here.
     spans: dict[str, tuple[int, int]] = {}
     for symbol, dets in detections.items():
@@ -361,10 +359,8 @@ async def load_start(pool: asyncpg.Pool, data: PartitionPrices, settings: Settin
     lohi = await price_extremes(pool, spans)
     extremes = {s: (*spans[s], lo, hi) for s, (lo, hi) in lohi.items()}
     closes: dict[str, list[tuple[int, float]]] = {}
-    if settings.scoring == "adaptive":
-        closes = await minute_closes(
-            pool, before, lookback_s=settings.adaptive_lookback_s + max(settings.windows_s) + 60
-        )
+    if lookback := closes_lookback_s(settings):
+        closes = await minute_closes(pool, before, lookback_s=lookback)
     return BatchStart(cooldowns=cooldowns, detections=detections, extremes=extremes, closes=closes)
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from mw_core.config import Settings
 from mw_core.markets.detector import AnomalyDetector
 from mw_core.markets.volatility import AdaptiveThresholds
 from mw_core.markets.windows import SymbolWindows
@@ -96,7 +97,7 @@ class Analyzer:
         self.adaptive: dict[str, AdaptiveThresholds] | None = {} if adaptive is not None else None
 
     @classmethod
-    def from_settings(cls, settings: Any, *, sink: EventSink | None = None) -> Analyzer:
+    def from_settings(cls, settings: Settings, *, sink: EventSink | None = None) -> Analyzer:
         """An analyzer configured like the streaming processor (`Settings`)."""
         return cls(
             windows_s=settings.windows_s,
@@ -104,15 +105,8 @@ class Analyzer:
             cooldown_s=settings.cooldown_s,
             max_out_of_order_s=settings.max_out_of_order_s,
             sink=sink,
-            adaptive=(settings.adaptive_lookback_s, settings.adaptive_z, settings.adaptive_min_samples)
-            if settings.scoring == "adaptive"
-            else None,
+            adaptive=adaptive_config(settings),
         )
-
-    @property
-    def adaptive_lookback_s(self) -> int:
-        """Stored history a restart needs for the volatility baseline (0 in fixed mode)."""
-        return 0 if self._adaptive_cfg is None else self._adaptive_cfg[0]
 
     # --- state ---------------------------------------------------------------------------------
     def knows(self, symbol: str) -> bool:
@@ -221,6 +215,20 @@ class Analyzer:
                 if sink is not None:
                     sink.on_anomaly(anomaly)
         return res
+
+
+def adaptive_config(settings: Settings) -> tuple[int, float, int] | None:
+    """``(lookback_s, z, min_samples)`` of adaptive scoring, None in the default fixed mode."""
+    if settings.scoring != "adaptive":
+        return None
+    return (settings.adaptive_lookback_s, settings.adaptive_z, settings.adaptive_min_samples)
+
+
+def closes_lookback_s(settings: Settings) -> int:
+    """Stored 1-minute closes a restart needs for the volatility baseline (0 in fixed mode)."""
+    if settings.scoring != "adaptive":
+        return 0
+    return settings.adaptive_lookback_s + max(settings.windows_s) + 60
 
 
 def analyse_series(

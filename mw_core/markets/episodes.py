@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from mw_core.config import Settings
 from mw_core.models import Anomaly, Direction, ms_to_dt
 
 __all__ = [
@@ -165,12 +166,17 @@ class EpisodePolicy:
         self.events: list[EpisodeEvent] = []  # emitted, drained by the caller (`take`)
 
     @classmethod
-    def from_settings(cls, settings: object) -> EpisodePolicy:
+    def from_settings(cls, settings: Settings) -> EpisodePolicy:
         return cls(
-            escalation_step=float(getattr(settings, "episode_escalation_step")),  # noqa: B009
-            quiet_s=int(getattr(settings, "episode_quiet_s")),  # noqa: B009
-            enabled=bool(getattr(settings, "episodes_enabled")),  # noqa: B009
+            escalation_step=settings.episode_escalation_step,
+            quiet_s=settings.episode_quiet_s,
+            enabled=settings.episodes_enabled,
         )
+
+    @property
+    def rebuild_lookback_s(self) -> int:
+        """How far back a rebuild reads stored detections to find a still-open episode's start."""
+        return max(86_400, 4 * self._quiet_ms // 1000)
 
     # --- state ---------------------------------------------------------------------------------
     def seed(self, states: Iterable[EpisodeState]) -> None:

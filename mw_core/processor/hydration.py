@@ -22,7 +22,8 @@ import asyncpg
 from mw_core.adapters.postgres.anomalies import last_anomaly_ts
 from mw_core.adapters.postgres.episodes import detections_before, price_extremes, unpublished_events
 from mw_core.adapters.postgres.prices import minute_closes, recent_prices
-from mw_core.markets.analysis import Analyzer
+from mw_core.config import Settings
+from mw_core.markets.analysis import Analyzer, closes_lookback_s
 from mw_core.markets.episodes import EpisodePolicy
 
 log = logging.getLogger(__name__)
@@ -37,19 +38,17 @@ async def rehydrate(
     episodes: EpisodePolicy,
     before: dict[str, int],
     *,
-    max_window_s: int,
-    episode_lookback_s: int,
+    settings: Settings,
 ) -> list[tuple[str, int]]:
     """Rebuild `before`'s symbols in `analyzer` and `episodes`; the unpublished outbox keys."""
     if not before:
         return []
-    history = await db(recent_prices, pool, before, lookback_s=max_window_s)
+    history = await db(recent_prices, pool, before, lookback_s=max(settings.windows_s))
     cooldowns = await db(last_anomaly_ts, pool, before)
     orphans = await db(unpublished_events, pool, limit=10_000, symbols=list(before))
-    detections = await db(detections_before, pool, before, lookback_s=episode_lookback_s)
+    detections = await db(detections_before, pool, before, lookback_s=episodes.rebuild_lookback_s)
     closes: dict[str, list[tuple[int, float]]] = {}
-    if analyzer.adaptive_lookback_s:
-        lookback = analyzer.adaptive_lookback_s + max_window_s + 60
+    if lookback := closes_lookback_s(settings):
         closes = await db(minute_closes, pool, before, lookback_s=lookback)
     spans: dict[str, tuple[int, int]] = {}
     for symbol, first_ts in before.items():

@@ -142,7 +142,6 @@ class Processor:
         if url is None:
             raise ValueError("MW_DATABASE_URL is not set and no embedded database was started")
         self._db_url = url
-        self._threshold_for = settings.threshold_for
         self.episodes = EpisodePolicy.from_settings(settings)
         self.analyzer = Analyzer.from_settings(settings, sink=self.episodes)
         # The partition each symbol in `analyzer` came from: its state is dropped when that moves away.
@@ -161,9 +160,6 @@ class Processor:
             latencies_ms=self.stats.alert_latencies_ms if record_latencies else None,
         )
         self._max_window_s = max(settings.windows_s)
-        # How far back a restart looks for the detections of a still-open episode.
-        self._episode_lookback_s = max(86_400, 4 * settings.episode_quiet_s)
-        self._tolerance_ms = settings.max_out_of_order_s * 1000
 
     # --- lifecycle -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -309,8 +305,7 @@ class Processor:
             self.analyzer,
             self.episodes,
             {s: ts for s, (ts, _) in cold.items()},
-            max_window_s=self._max_window_s,
-            episode_lookback_s=self._episode_lookback_s,
+            settings=self.settings,
         )
         self.outbox.suspect(orphans)
         self.partition_of.update({s: p for s, (_, p) in cold.items()})
