@@ -124,7 +124,7 @@ def chromium(tmp_path: Path) -> Chromium | None:
     return Chromium(binary, tmp_path / "chromium-profile") if binary else None
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_crash_day_through_the_platform_to_the_dagster_ui(
     tmp_path: Path, feeds: str, chromium: Chromium | None
 ) -> None:
@@ -171,13 +171,15 @@ def test_crash_day_through_the_platform_to_the_dagster_ui(
         partition = _partition_key()
         assert partition == "2024-08-05"
         runs: dict[str, str] = {"db_schema": api.launch(["db_schema"])}
-        _expect_success(api, [runs["db_schema"]], timeout=60)
+        # Generous waits, not performance checks: each run starts its own worker process, which
+        # takes a while on two cores shared with the whole stack (60 s was seen to be too short).
+        _expect_success(api, [runs["db_schema"]], timeout=240)
         runs["headlines"] = api.launch(["headlines"])
         runs["price_anomalies"] = api.launch(["price_anomalies"], partition=partition)
-        _expect_success(api, [runs["headlines"], runs["price_anomalies"]], timeout=60)
+        _expect_success(api, [runs["headlines"], runs["price_anomalies"]], timeout=240)
         runs["alert_enrichments"] = api.launch(["alert_enrichments"])
         runs["market_overview"] = api.launch(["market_overview"])
-        _expect_success(api, [runs["alert_enrichments"], runs["market_overview"]], timeout=90)
+        _expect_success(api, [runs["alert_enrichments"], runs["market_overview"]], timeout=240)
 
         tags = {t["key"]: t["value"] for t in api.run(runs["price_anomalies"])["tags"]}
         assert tags["dagster/partition"] == partition
@@ -194,7 +196,7 @@ def test_crash_day_through_the_platform_to_the_dagster_ui(
         assert batch[0] == found["anomalies_found"] and headlines[0] >= 8 and enriched[0] >= 1
 
         # 3. The UI in a real browser, once the sensors' runs (reacting to the same data) are done.
-        api.wait_idle(timeout=60)
+        api.wait_idle(timeout=240)
         if chromium is not None:
             _check_ui(chromium, dagster_url, api.location, runs, partition)
             _check_charts(chromium, dagster_url, tmp_path / "devtools-profile")
