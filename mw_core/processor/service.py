@@ -43,11 +43,7 @@ from mw_core.adapters.postgres.episodes import (
     insert_events,
 )
 from mw_core.adapters.postgres.pool import create_pool, ping
-from mw_core.adapters.postgres.prices import (
-    MetricRow,
-    insert_metrics,
-    insert_ticks,
-)
+from mw_core.adapters.postgres.prices import MetricRow, store_batch
 from mw_core.adapters.postgres.schema import apply_schema
 from mw_core.adapters.retry import DB_TRANSIENT, retry_async
 from mw_core.config import Settings
@@ -71,6 +67,10 @@ DB_WRITE = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 DB_FAILURES = Counter("mw_processor_db_write_failures_total", "Failed batch writes (retried)")
+#: Ticks analysed between two yields to the event loop (~10 ms of CPU): the writer of the previous
+#: batch, waiting on PostgreSQL, resumes within that time instead of after the whole batch.
+ANALYSIS_SLICE = 4096
+
 LAG = Gauge("mw_processor_consumer_lag", "Records behind the high watermark", ["partition"])
 
 
@@ -110,8 +110,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Commit what was processed before the partitions move: the new owner starts from there.
-        await self.proc._drain()
-        self.proc._drop_partitions({tp.partition for tp in revoked})
+        async with self.proc._busy:
+            await self.proc._drain()
+            self.proc._drop_partitions({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
@@ -153,6 +154,10 @@ class Processor:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._queue: asyncio.Queue[_Prepared | None] | None = None
+        # Held while a batch is analysed and handed over: `prepare_batch` yields to the event loop
+        # (so the writer's round trips go on meanwhile), and a revocation waits for the lock, so
+        # it never drops window state in the middle of a batch.
+        self._busy = asyncio.Lock()
         self.outbox = Outbox(
             settings,
             db=self._with_db_retry,
@@ -236,8 +241,9 @@ class Processor:
                         if self._queue.empty():
                             break
                     continue
-                prepared = await self.prepare_batch(batch)
-                await self._hand_over(prepared, writer)
+                async with self._busy:
+                    prepared = await self.prepare_batch(batch)
+                    await self._hand_over(prepared, writer)
                 idle_since = time.monotonic()
             if not writer.done():
                 await self._queue.put(None)
@@ -320,35 +326,31 @@ class Processor:
         """Decode, validate, rehydrate cold symbols, update windows, detect: no writes."""
         now_ms = int(time.time() * 1000)
         max_price = self.settings.max_price
-        # Per partition: the decoded ticks and, index for index, their Kafka timestamps.
-        decoded: list[tuple[int, list[Tick], list[int]]] = []
+        # Per partition: the decoded ticks and, index for index, their records (Kafka timestamps).
+        decoded: list[tuple[list[Tick], list[ConsumerRecord[bytes, bytes]]]] = []
         dead: list[DeadLetter] = []
         cold: dict[str, tuple[int, int]] = {}
         part_of = self.partition_of
         decode = codec.decode_tick
         for tp, records in batch.items():
             partition = tp.partition
-            part_ticks: list[Tick] = []
-            part_times: list[int] = []
-            add_tick = part_ticks.append
-            add_time = part_times.append
-            for rec in records:
-                try:
-                    tick = decode(rec.key, rec.value, now_ms=now_ms, max_price=max_price)
-                except codec.BadMessage as exc:
-                    dead.append(
-                        DeadLetter(exc.reason, self.settings.topic_prices, rec.value or b"", exc.detail)
-                    )
-                    continue
-                add_tick(tick)
-                add_time(rec.timestamp)
-                symbol = tick[0]
-                if part_of.get(symbol) != partition and symbol not in cold:
+            try:
+                # The common case, every record good: one comprehension, records stay aligned.
+                part_ticks = [decode(rec.key, rec.value, now_ms, max_price) for rec in records]
+                part_records = records
+            except codec.BadMessage:
+                part_ticks, part_records = self._decode_with_dead_letters(records, now_ms, dead)
+            decoded.append((part_ticks, part_records))
+            await asyncio.sleep(0)  # let the writer's pending round trip continue
+            # Partition bookkeeping per distinct symbol, not per tick.
+            moved = [s for s in {t[0] for t in part_ticks} if part_of.get(s) != partition and s not in cold]
+            if moved:
+                first_ts = {t[0]: t[1] for t in reversed(part_ticks)}  # earliest tick per symbol
+                for symbol in moved:
                     if symbol in part_of:
                         part_of[symbol] = partition  # moved between partitions of ours
                     else:
-                        cold[symbol] = (tick[1], partition)
-            decoded.append((partition, part_ticks, part_times))
+                        cold[symbol] = (first_ts[symbol], partition)
         self.stats.consumed += sum(len(r) for r in batch.values())
         TICKS_IN.inc(sum(len(r) for r in batch.values()))
         if cold:
@@ -359,11 +361,14 @@ class Processor:
         res = Analysis()
         anomaly_times: dict[tuple[str, int], int] = {}
         run = self.analyzer.run
-        for _, part_ticks, part_times in decoded:
-            first = len(res.anomaly_index)
-            run(part_ticks, res)
-            for a, j in zip(res.anomalies[first:], res.anomaly_index[first:], strict=True):
-                anomaly_times[(a.symbol, a.ts)] = part_times[j]
+        step = ANALYSIS_SLICE
+        for part_ticks, part_records in decoded:
+            for k in range(0, len(part_ticks), step):
+                first = len(res.anomaly_index)
+                run(part_ticks[k : k + step], res)
+                for a, j in zip(res.anomalies[first:], res.anomaly_index[first:], strict=True):
+                    anomaly_times[(a.symbol, a.ts)] = part_records[k + j].timestamp
+                await asyncio.sleep(0)  # let the writer's pending round trip continue
         self.stats.duplicates += res.duplicates
         self.stats.late_stored += res.late_stored
         topic = self.settings.topic_prices
@@ -372,7 +377,7 @@ class Processor:
         events = self.episodes.take()
 
         metrics: list[MetricRow] = []
-        for symbol, (ts, stats) in res.last_stats.items():
+        for symbol, (ts, stats) in res.last_stats().items():
             metrics.extend(metric_rows(symbol, ts, stats))
 
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
@@ -386,6 +391,21 @@ class Processor:
             anomaly_times,
             offsets,
         )
+
+    def _decode_with_dead_letters(
+        self, records: list[ConsumerRecord[bytes, bytes]], now_ms: int, dead: list[DeadLetter]
+    ) -> tuple[list[Tick], list[ConsumerRecord[bytes, bytes]]]:
+        """Record by record: the good ticks with their records, the bad ones as dead letters."""
+        ticks: list[Tick] = []
+        kept: list[ConsumerRecord[bytes, bytes]] = []
+        for rec in records:
+            try:
+                ticks.append(codec.decode_tick(rec.key, rec.value, now_ms, self.settings.max_price))
+            except codec.BadMessage as exc:
+                dead.append(DeadLetter(exc.reason, self.settings.topic_prices, rec.value or b"", exc.detail))
+                continue
+            kept.append(rec)
+        return ticks, kept
 
     async def finish_batch(self, b: _Prepared) -> None:
         """Make a prepared batch durable, publish its dead letters and alerts, then commit."""
@@ -449,16 +469,29 @@ class Processor:
         anomalies: list[Anomaly],
         events: list[EpisodeEvent],
     ) -> None:
-        """Ticks, metrics, raw detections and episode events (the outbox) in ONE transaction."""
+        """Ticks, metrics, raw detections and episode events (the outbox) in ONE transaction.
+
+        BEGIN, COPY, one statement for ticks + metrics, COMMIT (plus one per table when the batch
+        has anomalies or episode events). A batch stored before (replayed after a crash) fails the
+        plain INSERT and is written again with ON CONFLICT, in a new transaction.
+        """
         pool = self._pool
         assert pool is not None
 
-        async def write() -> None:
+        async def attempt(replay: bool) -> None:
             async with pool.acquire() as conn, conn.transaction():
-                await insert_ticks(conn, ticks)
-                await insert_metrics(conn, metrics)
+                await store_batch(conn, ticks, metrics, replay=replay)
                 await insert_anomalies(conn, anomalies)
                 await insert_events(conn, events)
+
+        async def write() -> None:
+            try:
+                await attempt(False)
+            except asyncpg.UniqueViolationError:
+                log.info(
+                    "batch of %d ticks was stored before (a replay): writing it idempotently", len(ticks)
+                )
+                await attempt(True)
 
         started = time.perf_counter()
         await self._with_db_retry(write)

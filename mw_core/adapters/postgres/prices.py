@@ -6,7 +6,11 @@ Contract:
 - Bulk writes go through `unnest` of typed arrays (or COPY into a per-connection staging table for
   large tick batches): one round trip per table per batch. Timestamps travel as epoch-millisecond
   integers and are converted in SQL, which is exact.
-- `write_batch` writes one processor batch (ticks, metrics, anomalies) in one transaction.
+- `store_batch` is the processor's hot path: a batch's ticks and latest metrics in two round
+  trips (COPY, then one statement), raising `asyncpg.UniqueViolationError` when the batch was
+  already stored (a replay after a crash); the caller then repeats the transaction with
+  ``replay=True``. `write_batch` writes ticks, metrics and anomalies in one transaction
+  (tools and tests).
 - All SQL is static text with ``$n`` parameters; nothing is built from values.
 """
 
@@ -22,8 +26,9 @@ from mw_core.models import Anomaly, Tick
 
 _TICK_FIELDS = field_names(Tick)  # the `prices` columns, one to one
 
-# Per-connection staging table for COPY: ticks are COPYed in (binary, no per-row SQL), then moved
-# into `prices` with ON CONFLICT DO NOTHING in the same transaction. Column order = `Tick` fields.
+# Per-connection staging table for COPY (created when the pool opens the connection): ticks are
+# COPYed in (binary, no per-row SQL), then moved into `prices` in the same transaction. Column
+# order = `Tick` fields.
 _STAGE_PRICES = """
 CREATE TEMP TABLE IF NOT EXISTS prices_stage (
     symbol text, t int8, price float8, open float8, high float8, low float8,
@@ -56,14 +61,36 @@ ON CONFLICT (symbol, ts, window_s) DO UPDATE
 
 MetricRow = tuple[str, int, int, float | None, float | None, int]  # symbol, ts ms, window, ret, vol, n
 
-
 _MOVE_STAGED = """
 INSERT INTO prices (symbol, ts, price, open, high, low, base_volume, quote_volume, source)
 SELECT symbol, timestamptz 'epoch' + t * interval '1 millisecond', price, open, high, low,
        base_volume, quote_volume, source
 FROM prices_stage
 """
-_MOVE_STAGED_PRICES = _MOVE_STAGED + "ON CONFLICT (symbol, ts) DO NOTHING"
+_ON_CONFLICT_PRICES = "ON CONFLICT (symbol, ts) DO NOTHING"
+# A plain INSERT is ~1.5x cheaper than ON CONFLICT's speculative insertion, and conflicts only
+# happen when a batch is replayed after a crash: try it in a savepoint first. The three
+# statements travel in one message (simple query protocol): one round trip.
+_MOVE_IN_SAVEPOINT = "SAVEPOINT mw_move;" + _MOVE_STAGED + ";RELEASE SAVEPOINT mw_move"
+_MOVE_AFTER_CONFLICT = "ROLLBACK TO SAVEPOINT mw_move;" + _MOVE_STAGED + _ON_CONFLICT_PRICES
+
+# The processor's batch: the metrics upsert rides along with the move of the staged ticks in
+# one statement (a data-modifying CTE runs even when nothing reads it).
+_STORE_BATCH = "WITH metrics_upsert AS (" + _INSERT_METRICS + ")" + _MOVE_STAGED
+_STORE_BATCH_REPLAY = _STORE_BATCH + _ON_CONFLICT_PRICES
+_STORE_SMALL_BATCH = (
+    "WITH metrics_upsert AS ("
+    + _INSERT_METRICS
+    + """)
+INSERT INTO prices (symbol, ts, price, open, high, low, base_volume, quote_volume, source)
+SELECT s, timestamptz 'epoch' + t * interval '1 millisecond', p, o, h, l, bv, qv, src
+FROM unnest($7::text[], $8::int8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[],
+            $13::float8[], $14::float8[], $15::text[]) AS u(s, t, p, o, h, l, bv, qv, src)
+ON CONFLICT (symbol, ts) DO NOTHING
+"""
+)
+#: Below this many ticks one `unnest` statement beats COPY's extra round trip.
+COPY_MIN_TICKS = 256
 
 
 async def insert_ticks(conn: asyncpg.Connection, ticks: Sequence[Tick]) -> None:
@@ -73,18 +100,37 @@ async def insert_ticks(conn: asyncpg.Connection, ticks: Sequence[Tick]) -> None:
     """
     if not ticks:
         return
-    if len(ticks) >= 256:
-        await conn.execute(_STAGE_PRICES)  # no-op on pooled connections (created at connect)
+    if len(ticks) >= COPY_MIN_TICKS:
         await conn.copy_records_to_table("prices_stage", records=ticks)
-        # A plain INSERT is ~1.5x faster than ON CONFLICT's speculative insertion, and conflicts
-        # only happen when a batch is replayed after a crash: try it in a savepoint first.
         try:
-            async with conn.transaction():
-                await conn.execute(_MOVE_STAGED)
+            await conn.execute(_MOVE_IN_SAVEPOINT)
         except asyncpg.UniqueViolationError:
-            await conn.execute(_MOVE_STAGED_PRICES)
+            await conn.execute(_MOVE_AFTER_CONFLICT)
         return
     await conn.execute(_INSERT_PRICES, *columns(ticks, _TICK_FIELDS))
+
+
+async def store_batch(
+    conn: asyncpg.Connection, ticks: Sequence[Tick], metrics: Sequence[MetricRow], *, replay: bool = False
+) -> None:
+    """The processor's ticks and latest metrics, inside the caller's transaction, idempotent.
+
+    Large batches: COPY into the staging table, then ONE statement (move + metrics upsert).
+    Without `replay` the move is a plain INSERT and raises `asyncpg.UniqueViolationError` when
+    the batch was stored before (a replay after a crash): the transaction is then aborted and
+    the caller repeats it with ``replay=True`` (ON CONFLICT DO NOTHING). Small batches: one
+    `unnest` statement with ON CONFLICT (no second attempt needed).
+    """
+    mcols: list[Sequence[object]] = (
+        [list(c) for c in zip(*metrics, strict=True)] if metrics else [[] for _ in range(6)]
+    )
+    if len(ticks) >= COPY_MIN_TICKS:
+        await conn.copy_records_to_table("prices_stage", records=ticks)
+        await conn.execute(_STORE_BATCH_REPLAY if replay else _STORE_BATCH, *mcols)
+    elif ticks:
+        await conn.execute(_STORE_SMALL_BATCH, *mcols, *columns(ticks, _TICK_FIELDS))
+    elif metrics:
+        await conn.execute(_INSERT_METRICS, *mcols)
 
 
 async def insert_metrics(conn: asyncpg.Connection, rows: Sequence[MetricRow]) -> None:
@@ -100,7 +146,7 @@ async def write_batch(
     metrics: Sequence[MetricRow] = (),
     anomalies: Sequence[Anomaly] = (),
 ) -> None:
-    """Write one processor batch atomically (one transaction, one round trip per table)."""
+    """Write ticks, metrics and anomalies atomically (one transaction)."""
     async with pool.acquire() as conn, conn.transaction():
         await insert_ticks(conn, ticks)
         await insert_metrics(conn, metrics)

@@ -107,3 +107,33 @@ def test_episode_event_and_dead_letter_encoding() -> None:
     assert codec.event_key(b"not json") is None
     dl = orjson.loads(codec.encode_dead_letter(DeadLetter("bad_price", "prices", b"\xff{", "x")))
     assert dl["reason"] == "bad_price" and dl["raw"] == "\ufffd{"
+
+
+finite = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False)
+
+
+@given(
+    price=st.one_of(finite, st.integers(1, 10**6)),
+    ts=st.integers(codec.MIN_TS_MS, NOW),
+    extra=st.fixed_dictionaries(
+        {},
+        optional={
+            "open": finite,
+            "high": finite,
+            "low": st.one_of(finite, st.none()),
+            "base_volume": finite,
+            "quote_volume": finite,
+            "source": st.sampled_from(["ws", "rest_backfill", "replay", "x" * 40]),
+        },
+    ),
+)
+def test_fast_path_equals_full_validation(price: float, ts: int, extra: dict) -> None:
+    """Known symbols take the fast path (incl. the minimal {symbol, price, ts} record): same Tick."""
+    codec.decode_tick(b"SOLUSDT", orjson.dumps({"symbol": "SOLUSDT", "price": 1.0, "ts": ts}), now_ms=NOW)
+    assert "SOLUSDT" in codec._KNOWN_SYMBOLS
+    value = orjson.dumps({"symbol": "SOLUSDT", "price": price, "ts": ts, **extra})
+    fast = codec.decode_tick(b"SOLUSDT", value, now_ms=NOW)
+    full = codec._decode_slow(orjson.loads(value), b"SOLUSDT", now_ms=NOW, max_price=1e9)
+    assert type(fast) is Tick and fast == full
+    assert [type(v) for v in fast] == [type(v) for v in full]
+    assert type(fast.price) is float

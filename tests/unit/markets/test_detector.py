@@ -17,7 +17,7 @@ from mw_core.config import load_settings
 from mw_core.markets.analysis import analyse_series
 from mw_core.markets.detector import AnomalyDetector
 from mw_core.markets.windows import SymbolWindows
-from mw_core.models import Anomaly, WindowStats
+from mw_core.models import Anomaly
 
 
 def detect_series(symbol: str, ticks: Any, **kwargs: Any) -> list[Anomaly]:
@@ -39,23 +39,22 @@ def constant(value: float) -> Callable[[str, int], float]:
     return lambda symbol, window_s: value
 
 
+WINDOWS = (60, 300, 900)
+
+
 def detector(cooldown_s: int = 60) -> AnomalyDetector:
-    return AnomalyDetector(threshold_for=flat, cooldown_s=cooldown_s)
+    return AnomalyDetector(windows_s=WINDOWS, threshold_for=flat, cooldown_s=cooldown_s)
 
 
-def stats(r60: float | None, r300: float | None = 0.0, r900: float | None = 0.0) -> list[WindowStats]:
-    return [
-        WindowStats(60, r60, None, 2),
-        WindowStats(300, r300, 0.004, 6),
-        WindowStats(900, r900, 0.005, 16),
-    ]
+def stats(r60: float, r300: float = 0.0, r900: float = 0.0) -> list[float]:
+    """Window returns in the order of WINDOWS (what `SymbolWindows.advance` returns)."""
+    return [r60, r300, r900]
 
 
 def test_below_threshold_is_quiet_and_at_threshold_alerts() -> None:
     det = detector()
     assert det.check("BTCUSDT", T0, 100.0, stats(0.0199, 0.0299, -0.0499)) is None
-    assert det.check("BTCUSDT", T0, 100.0, stats(None, None, None)) is None
-    assert det.check("BTCUSDT", T0, 100.0, []) is None
+    assert det.check("BTCUSDT", T0, 100.0, stats(-0.0199, -0.0299, 0.0499)) is None
     assert det.last_alert("BTCUSDT") is None
     a = det.check("BTCUSDT", T0, 100.0, stats(0.0, 0.03, 0.0))  # |ret| >= threshold
     assert a is not None
@@ -75,28 +74,36 @@ def test_anomaly_fields_without_windows() -> None:
 def test_exact_reference_from_windows() -> None:
     w = SymbolWindows([60, 300, 900])
     det = detector()
-    assert det.check("BTCUSDT", T0, 100.0, w.update(T0, 100.0), windows=w) is None
-    assert det.check("BTCUSDT", T0 + 60_000, 101.0, w.update(T0 + 60_000, 101.0), windows=w) is None
-    a = det.check("BTCUSDT", T0 + 120_000, 110.0, w.update(T0 + 120_000, 110.0), windows=w)
+    assert det.check("BTCUSDT", T0, 100.0, w.advance(T0, 100.0), windows=w) is None
+    assert det.check("BTCUSDT", T0 + 60_000, 101.0, w.advance(T0 + 60_000, 101.0), windows=w) is None
+    a = det.check("BTCUSDT", T0 + 120_000, 110.0, w.advance(T0 + 120_000, 110.0), windows=w)
     # 60 s: 110/101 - 1 = 8.9 % (4.46x); 300 s: 10 % (3.33x); 900 s: 10 % (2x) -> the 60 s window.
     assert a is not None
     assert (a.window_s, a.ref_ts, a.ref_price, a.price) == (60, T0 + 60_000, 101.0, 110.0)
     assert a.ret == 110.0 / 101.0 - 1.0
     assert a.volatility is None  # one return in the 60 s window
+    w.advance(T0 + 125_000, 111.0)
+    a = det.check("BTCUSDT", T0 + 180_000, 122.0, w.advance(T0 + 180_000, 122.0), windows=w)
+    assert a is not None and a.window_s == 300  # 122/100: 22 % (7.3x) beats 60 s' 10.9 % (5.5x)
+    lrs = [math.log(b / a) for a, b in itertools.pairwise([100.0, 101.0, 110.0, 111.0, 122.0])]
+    mean = sum(lrs) / 4
+    assert a.volatility == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in lrs) / 3), rel=1e-12)
+    assert a.volatility == pytest.approx(w.stats()[1].volatility, rel=1e-12)
 
 
 def test_largest_ratio_wins_and_ties_go_to_the_shortest_window() -> None:
     det = detector(cooldown_s=0)
     a = det.check("X", T0, 1.0, stats(0.021, -0.06, 0.05))  # ratios 1.05, 2.0, 1.0
     assert a is not None
-    assert (a.window_s, a.direction, a.volatility) == (300, "down", 0.004)
-    tie = AnomalyDetector(threshold_for=lambda s, w: {60: 0.25, 300: 0.5, 900: 1.0}[w], cooldown_s=0)
+    assert (a.window_s, a.direction, a.volatility) == (300, "down", None)
+    tie = AnomalyDetector(
+        windows_s=[900, 300, 60], threshold_for=lambda s, w: {60: 0.25, 300: 0.5, 900: 1.0}[w], cooldown_s=0
+    )
     # Exactly representable: 0.5/0.25 == 1.0/0.5 == 2.0, so the tie is real.
-    ordered = [WindowStats(900, 1.0, None, 3), WindowStats(300, -1.0, None, 3), WindowStats(60, 0.5, None, 2)]
-    a = tie.check("X", T0, 1.0, ordered)
+    a = tie.check("X", T0, 1.0, [1.0, -1.0, 0.5])
     assert a is not None
     assert (a.window_s, a.ret) == (60, 0.5)
-    a = tie.check("X", T0 + 1, 1.0, ordered[:2])
+    a = tie.check("X", T0 + 1, 1.0, [1.0, -1.0, 0.0])
     assert a is not None
     assert (a.window_s, a.direction, a.ref_price) == (300, "down", None)  # -100 %: no reference price
 
@@ -108,7 +115,7 @@ def test_per_symbol_override_through_settings() -> None:
         windows_s=[60, 300, 900],
         cooldown_s=60,
     )
-    det = AnomalyDetector(threshold_for=cfg.threshold_for, cooldown_s=cfg.cooldown_s)
+    det = AnomalyDetector(windows_s=WINDOWS, threshold_for=cfg.threshold_for, cooldown_s=cfg.cooldown_s)
     assert det.check("SOLUSDT", T0, 1.0, stats(0.03)) is None
     a = det.check("BTCUSDT", T0, 1.0, stats(0.03))
     assert a is not None
@@ -126,16 +133,16 @@ def test_threshold_for_is_cached_and_validated() -> None:
         calls.append((symbol, window_s))
         return THRESHOLDS[window_s]
 
-    det = AnomalyDetector(threshold_for=counting, cooldown_s=0)
+    det = AnomalyDetector(windows_s=WINDOWS, threshold_for=counting, cooldown_s=0)
     for k in range(50):
         det.check("BTCUSDT", T0 + k, 1.0, stats(0.001 * k))
     assert sorted(calls) == [("BTCUSDT", 60), ("BTCUSDT", 300), ("BTCUSDT", 900)]
     for bad in (0.0, -0.01, math.inf, math.nan):
-        broken = AnomalyDetector(threshold_for=constant(bad), cooldown_s=0)
+        broken = AnomalyDetector(windows_s=WINDOWS, threshold_for=constant(bad), cooldown_s=0)
         with pytest.raises(ValueError, match="threshold"):
             broken.check("BTCUSDT", T0, 1.0, stats(0.5))
     with pytest.raises(ValueError):
-        AnomalyDetector(threshold_for=flat, cooldown_s=-1)
+        AnomalyDetector(windows_s=WINDOWS, threshold_for=flat, cooldown_s=-1)
 
 
 def test_cooldown_is_event_time_with_inclusive_end() -> None:
@@ -179,7 +186,7 @@ def per_tick_loop(
     """What the streaming processor does, tick by tick."""
     w = SymbolWindows([60, 300, 900])
     w.load(warmup)
-    det = AnomalyDetector(threshold_for=flat, cooldown_s=cooldown_s)
+    det = AnomalyDetector(windows_s=WINDOWS, threshold_for=flat, cooldown_s=cooldown_s)
     if last_alert_ts is not None:
         det.seed_cooldown(symbol, last_alert_ts)
     out = []
@@ -187,7 +194,8 @@ def per_tick_loop(
         newest = w.newest_ts
         if newest is not None and ts <= newest:
             continue
-        a = det.check(symbol, ts, price, w.update(ts, price), windows=w)
+        w.update(ts, price)  # statistics asked for at every tick: must not change the anomalies
+        a = det.check(symbol, ts, price, [s.ret for s in w.stats()], windows=w)
         if a is not None:
             out.append(a)
     return out

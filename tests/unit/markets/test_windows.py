@@ -220,15 +220,48 @@ def test_load_skips_old_and_out_of_order_and_rejects_bad_prices() -> None:
     assert (out[0].ret, out[0].count) == (3.0, 3)
 
 
-def test_fast_stats_construction_equals_constructor() -> None:
-    """`update` builds WindowStats through the slot descriptors; they must be real instances."""
-    assert windows_mod._SETTERS is not None
-    out = SymbolWindows([60, 300]).update(T0, 5.0)
-    assert out == (WindowStats(60, 0.0, None, 1), WindowStats(300, 0.0, None, 1))
-    assert hash(out[0]) == hash(WindowStats(60, 0.0, None, 1))
-    assert repr(out[0]) == "WindowStats(window_s=60, ret=0.0, volatility=None, count=1)"
-    with pytest.raises(AttributeError):
-        out[0].ret = 1.0  # type: ignore[misc]
+@settings(max_examples=60, deadline=None)
+@given(
+    windows_s=window_sets,
+    seed=st.integers(0, 2**32),
+    n=st.integers(50, 1500),
+    every=st.sampled_from([1, 3, 37, 200, 5000]),
+)
+def test_sparse_requests_match_brute_force(windows_s: list[int], seed: int, n: int, every: int) -> None:
+    """The hot path only advances; statistics asked for now and then are still exact.
+
+    `advance` returns the returns bit-identical to the brute force; `stats` after any number of
+    un-asked ticks (lazy catch-up over additions and removals, compactions in between) and
+    `volatility` (exact two-pass) match it.
+    """
+    rnd = random.Random(seed)
+    steps = []
+    for _ in range(n):
+        gap = rnd.choice([1, 37, 1000, 1000, 5000, 61_000, 400_000])
+        step = rnd.choice([0.0, rnd.gauss(0, 1e-4), rnd.gauss(0, 0.01), rnd.uniform(-0.5, 0.5)])
+        steps.append((gap, step))
+    ticks = walk(rnd.uniform(1e-3, 1e5), steps)
+    w = SymbolWindows(windows_s)
+    for k, (ts, price) in enumerate(ticks):
+        rets = w.advance(ts, price)
+        assert rets == [brute(ticks[: k + 1], ws)[0] for ws in windows_s]
+        if rnd.random() < 1 / every or k == len(ticks) - 1:
+            assert_matches(w, ticks[: k + 1], w.stats())
+            for i, ws in enumerate(windows_s):
+                vol = brute(ticks[: k + 1], ws)[1]
+                got = w.volatility(i)
+                assert (got is None) == (vol is None)
+                if vol is not None and got is not None:
+                    assert math.isclose(got, vol, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_stats_before_the_first_tick() -> None:
+    w = SymbolWindows([60])
+    with pytest.raises(LookupError):
+        w.stats()
+    assert w.volatility(0) is None
+    assert w.advance(T0, 5.0) == [0.0]
+    assert w.stats() == (WindowStats(60, 0.0, None, 1),)
 
 
 def test_metric_rows() -> None:
