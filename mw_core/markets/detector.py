@@ -123,7 +123,10 @@ class AnomalyDetector:
         if table is None:
             table = self._table(symbol)
         floor, thresholds = table
-        if not rets or (max(rets) < floor and min(rets) > -floor):
+        for r in rets:  # a plain loop: ~3x cheaper than max() + min() over a few floats
+            if r >= floor or r <= -floor:
+                break
+        else:
             return None  # below every threshold (adaptive ones are never lower)
         windows_s = self.windows_s
         best = -1

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from itertools import repeat
+from operator import mul, sub
 
 from mw_core.models import WindowStats
 
@@ -50,8 +52,9 @@ def exact_moments(values: Iterable[float]) -> tuple[int, float, float]:
     if n == 0:
         return 0, 0.0, 0.0
     mean = math.fsum(vals) / n
-    devs = [v - mean for v in vals]
-    m2 = math.fsum(d * d for d in devs) - math.fsum(devs) ** 2 / n
+    # map() over operator functions keeps the per-value work in C (~2x a comprehension).
+    devs = list(map(sub, vals, repeat(mean, n)))
+    m2 = math.fsum(map(mul, devs, devs)) - math.fsum(devs) ** 2 / n
     return n, mean, max(m2, 0.0)
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from operator import truediv
 
 from mw_core.markets.window_math import exact_moments
 from mw_core.models import WindowStats
@@ -238,7 +239,7 @@ class SymbolWindows:
             if k == 0:
                 lrb.append(0.0)  # the first tick's (or, after compaction, an unused) slot
                 k = 1
-            lrb.extend([_log(pxb[j] / pxb[j - 1]) for j in range(k, end + 1)])
+            lrb.extend(map(_log, map(truediv, pxb[k : end + 1], pxb[k - 1 : end])))
         return lrb
 
     def _catch_up(self, i: int, s: int, end: int, lrb: list[float]) -> float:

@@ -70,6 +70,8 @@ DB_FAILURES = Counter("mw_processor_db_write_failures_total", "Failed batch writ
 #: Ticks analysed between two yields to the event loop (~10 ms of CPU): the writer of the previous
 #: batch, waiting on PostgreSQL, resumes within that time instead of after the whole batch.
 ANALYSIS_SLICE = 4096
+#: Records taken from the consumer per `getmany` call while a batch is filled (see `_fetch`).
+FETCH_SLICE = 8192
 
 LAG = Gauge("mw_processor_consumer_lag", "Records behind the high watermark", ["partition"])
 
@@ -230,9 +232,7 @@ class Processor:
         idle_since = time.monotonic()
         try:
             while not self._stopping.is_set():
-                batch = await self._consumer.getmany(
-                    timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
-                )
+                batch = await self._fetch()
                 if writer.done():
                     break
                 if not batch:
@@ -256,6 +256,33 @@ class Processor:
             self._queue = None
             await self.close()
         return self.stats
+
+    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """One batch of up to `batch_max_records`, taken from the consumer in slices.
+
+        Unpacking records is CPU work that does not yield; in slices of `FETCH_SLICE` the writer's
+        pending round trip is answered between two slices instead of after the whole batch.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        limit = self.settings.batch_max_records
+        batch = await consumer.getmany(
+            timeout_ms=self.settings.batch_timeout_ms, max_records=min(limit, FETCH_SLICE)
+        )
+        total = sum(len(r) for r in batch.values())
+        while batch and total < limit:
+            await asyncio.sleep(0)
+            more = await consumer.getmany(timeout_ms=0, max_records=min(limit - total, FETCH_SLICE))
+            if not more:
+                break
+            for tp, records in more.items():
+                have = batch.get(tp)
+                if have is None:
+                    batch[tp] = records
+                else:
+                    have.extend(records)
+                total += len(records)
+        return batch
 
     async def _hand_over(self, prepared: _Prepared, writer: asyncio.Task[None]) -> None:
         assert self._queue is not None
