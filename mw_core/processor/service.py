@@ -266,7 +266,7 @@ class Processor:
         consumer = self._consumer
         assert consumer is not None
         limit = self.settings.batch_max_records
-        batch = await consumer.getmany(
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
             timeout_ms=self.settings.batch_timeout_ms, max_records=min(limit, FETCH_SLICE)
         )
         total = sum(len(r) for r in batch.values())
