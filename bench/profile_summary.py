@@ -1,6 +1,6 @@
 """Summarise a py-spy raw (collapsed stacks) profile of `mw process`: where the processor's time goes.
 
-Usage: python bench/profile_summary.py PROFILE.txt [--top N]
+Usage: python bench/profile_summary.py PROFILE.txt [--top N] [--ticks N] [--rate HZ]
 
 Prints the share of samples per top-level activity of the processor (frames matched by function
 name, inclusive, first match from the leaf wins) and the top functions by self time. Idle samples
@@ -35,6 +35,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("profile")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--ticks", type=int, default=0, help="ticks processed: also print CPU us per tick")
+    ap.add_argument("--rate", type=int, default=200, help="the py-spy sampling rate (peer_ratio.sh: 200)")
     a = ap.parse_args()
     buckets: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
@@ -59,8 +61,11 @@ def main() -> None:
     idle = buckets.pop("idle (event loop waiting)", 0)
     busy = total - idle
     print(f"samples: {total}, idle {idle} ({100 * idle / max(total, 1):.1f} %), busy {busy}")
+    per_tick = (lambda n: f"  {1e6 * n / a.rate / a.ticks:5.2f} us/tick") if a.ticks else (lambda n: "")
+    if a.ticks:
+        print(f"busy CPU per tick: {1e6 * busy / a.rate / a.ticks:.2f} us")
     for label, n in buckets.most_common():
-        print(f"  {100 * n / max(busy, 1):5.1f} %  {label}")
+        print(f"  {100 * n / max(busy, 1):5.1f} %{per_tick(n)}  {label}")
     print("top self time (share of busy samples):")
     for frame, n in leaves.most_common(a.top):
         print(f"  {100 * n / max(busy, 1):5.1f} %  {frame[:140]}")
