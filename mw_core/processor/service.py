@@ -9,7 +9,8 @@ Contract (at-least-once with idempotent writes):
 4. Per tick: admission, O(1) amortized window update and detection by THE analysis path,
    `mw_core.markets.analysis.Analyzer`, which the Dagster batch path and `mw backtest` run too.
 5. Ticks, the latest metrics per symbol and the anomalies go to PostgreSQL in ONE transaction
-   (bulk `unnest`). While PostgreSQL is down the write is retried with backoff and offsets are not
+   (COPY, then one statement for ticks + metrics; a replayed batch is written again with
+   ON CONFLICT). While PostgreSQL is down the write is retried with backoff and offsets are not
    committed; `/healthz` reports `degraded`.
 6. Dead letters go to `dlq`; episode events (`mw_core.markets.episodes`: open / escalate / close)
    whose `published_at` is NULL in `alert_events` (the outbox) go to `alerts` and are then marked
@@ -18,6 +19,11 @@ Contract (at-least-once with idempotent writes):
    a crash never publishes an alert twice (effectively once; see `mw_core.processor.outbox`).
 7. Only then are the batch's offsets committed. A crash anywhere replays at most the uncommitted
    batch; `ON CONFLICT` keys absorb the replay, and rehydration rebuilds identical window state.
+
+Speed (one event loop, two stages): the loop decodes and analyses batch N+1 while the writer task
+waits on PostgreSQL for batch N. The loop takes a batch from the consumer in slices and yields
+between analysis slices, so the writer's round trips are answered within ~10 ms instead of after
+a whole batch; a revocation waits until the batch in hand is analysed and handed over (`_busy`).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from mw_core.markets.episodes import EpisodeEvent, EpisodePolicy
 from mw_core.markets.window_math import metric_rows
 from mw_core.models import Anomaly, DeadLetter, Tick
 from mw_core.processor.hydration import rehydrate
+from mw_core.processor.intake import Batch, decode_partition, fetch_batch
 from mw_core.processor.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -70,8 +77,6 @@ DB_FAILURES = Counter("mw_processor_db_write_failures_total", "Failed batch writ
 #: Ticks analysed between two yields to the event loop (~10 ms of CPU): the writer of the previous
 #: batch, waiting on PostgreSQL, resumes within that time instead of after the whole batch.
 ANALYSIS_SLICE = 4096
-#: Records taken from the consumer per `getmany` call while a batch is filled (see `_fetch`).
-FETCH_SLICE = 8192
 
 LAG = Gauge("mw_processor_consumer_lag", "Records behind the high watermark", ["partition"])
 
@@ -232,7 +237,11 @@ class Processor:
         idle_since = time.monotonic()
         try:
             while not self._stopping.is_set():
-                batch = await self._fetch()
+                batch = await fetch_batch(
+                    self._consumer,
+                    max_records=self.settings.batch_max_records,
+                    timeout_ms=self.settings.batch_timeout_ms,
+                )
                 if writer.done():
                     break
                 if not batch:
@@ -256,33 +265,6 @@ class Processor:
             self._queue = None
             await self.close()
         return self.stats
-
-    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-        """One batch of up to `batch_max_records`, taken from the consumer in slices.
-
-        Unpacking records is CPU work that does not yield; in slices of `FETCH_SLICE` the writer's
-        pending round trip is answered between two slices instead of after the whole batch.
-        """
-        consumer = self._consumer
-        assert consumer is not None
-        limit = self.settings.batch_max_records
-        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
-            timeout_ms=self.settings.batch_timeout_ms, max_records=min(limit, FETCH_SLICE)
-        )
-        total = sum(len(r) for r in batch.values())
-        while batch and total < limit:
-            await asyncio.sleep(0)
-            more = await consumer.getmany(timeout_ms=0, max_records=min(limit - total, FETCH_SLICE))
-            if not more:
-                break
-            for tp, records in more.items():
-                have = batch.get(tp)
-                if have is None:
-                    batch[tp] = records
-                else:
-                    have.extend(records)
-                total += len(records)
-        return batch
 
     async def _hand_over(self, prepared: _Prepared, writer: asyncio.Task[None]) -> None:
         assert self._queue is not None
@@ -343,13 +325,11 @@ class Processor:
         self.outbox.suspect(orphans)
         self.partition_of.update({s: p for s, (_, p) in cold.items()})
 
-    async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    async def process_batch(self, batch: Batch) -> None:
         """Analyse one batch and make it durable (both stages, sequentially)."""
         await self.finish_batch(await self.prepare_batch(batch))
 
-    async def prepare_batch(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> _Prepared:
+    async def prepare_batch(self, batch: Batch) -> _Prepared:
         """Decode, validate, rehydrate cold symbols, update windows, detect: no writes."""
         now_ms = int(time.time() * 1000)
         max_price = self.settings.max_price
@@ -358,15 +338,12 @@ class Processor:
         dead: list[DeadLetter] = []
         cold: dict[str, tuple[int, int]] = {}
         part_of = self.partition_of
-        decode = codec.decode_tick
+        topic = self.settings.topic_prices
         for tp, records in batch.items():
             partition = tp.partition
-            try:
-                # The common case, every record good: one comprehension, records stay aligned.
-                part_ticks = [decode(rec.key, rec.value, now_ms, max_price) for rec in records]
-                part_records = records
-            except codec.BadMessage:
-                part_ticks, part_records = self._decode_with_dead_letters(records, now_ms, dead)
+            part_ticks, part_records = decode_partition(
+                records, topic=topic, now_ms=now_ms, max_price=max_price, dead=dead
+            )
             decoded.append((part_ticks, part_records))
             await asyncio.sleep(0)  # let the writer's pending round trip continue
             # Partition bookkeeping per distinct symbol, not per tick.
@@ -398,7 +375,6 @@ class Processor:
                 await asyncio.sleep(0)  # let the writer's pending round trip continue
         self.stats.duplicates += res.duplicates
         self.stats.late_stored += res.late_stored
-        topic = self.settings.topic_prices
         dead.extend(DeadLetter(r.reason, topic, codec.encode_tick(r.tick)[1], r.detail) for r in res.rejected)
         anomalies = res.anomalies
         events = self.episodes.take()
@@ -418,21 +394,6 @@ class Processor:
             anomaly_times,
             offsets,
         )
-
-    def _decode_with_dead_letters(
-        self, records: list[ConsumerRecord[bytes, bytes]], now_ms: int, dead: list[DeadLetter]
-    ) -> tuple[list[Tick], list[ConsumerRecord[bytes, bytes]]]:
-        """Record by record: the good ticks with their records, the bad ones as dead letters."""
-        ticks: list[Tick] = []
-        kept: list[ConsumerRecord[bytes, bytes]] = []
-        for rec in records:
-            try:
-                ticks.append(codec.decode_tick(rec.key, rec.value, now_ms, self.settings.max_price))
-            except codec.BadMessage as exc:
-                dead.append(DeadLetter(exc.reason, self.settings.topic_prices, rec.value or b"", exc.detail))
-                continue
-            kept.append(rec)
-        return ticks, kept
 
     async def finish_batch(self, b: _Prepared) -> None:
         """Make a prepared batch durable, publish its dead letters and alerts, then commit."""
