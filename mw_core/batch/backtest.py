@@ -155,7 +155,7 @@ def prices_from_files(sources: Sequence[str | Path], *, max_price: float) -> Par
     series: list[SymbolSeries] = []
     for symbol in sorted(by_symbol):
         rows = by_symbol[symbol]
-        # The replay server sends ``c`` with 8 decimals (`replay.server.mini_ticker_event`).
+        # The replay server sends ``c`` with 8 decimals (`replay.wire.mini_ticker_event`).
         closes = ((rows[t].close_time, float(f"{rows[t].close:.8f}")) for t in sorted(rows))
         pairs = [(ts, price) for ts, price in closes if price <= max_price]
         series.append(_series(symbol, pairs))

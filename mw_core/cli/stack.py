@@ -106,7 +106,7 @@ def up(
     replay_files = [*(replay or []), *(files or [])]
     if replay_files:
         from mw_core.replay.klines import resolve_sources
-        from mw_core.replay.server import parse_speed
+        from mw_core.replay.wire import parse_speed
 
         try:
             parse_speed(speed)

@@ -10,8 +10,8 @@ Contract (at-least-once with idempotent writes):
    `mw_core.markets.analysis.Analyzer`, which the Dagster batch path and `mw backtest` run too.
 5. Ticks, the latest metrics per symbol and the anomalies go to PostgreSQL in ONE transaction
    (COPY, then one statement for ticks + metrics; a replayed batch is written again with
-   ON CONFLICT). While PostgreSQL is down the write is retried with backoff and offsets are not
-   committed; `/healthz` reports `degraded`.
+   ON CONFLICT; `mw_core.processor.sinks`). While PostgreSQL is down the write is retried with
+   backoff and offsets are not committed; `/healthz` reports `degraded`.
 6. Dead letters go to `dlq`; episode events (`mw_core.markets.episodes`: open / escalate / close)
    whose `published_at` is NULL in `alert_events` (the outbox) go to `alerts` and are then marked
    published. Outbox rows a previous owner left unmarked (it died
@@ -34,24 +34,18 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 from mw_core.adapters import bus
-from mw_core.adapters.postgres.anomalies import insert_anomalies
-from mw_core.adapters.postgres.episodes import (
-    insert_events,
-)
 from mw_core.adapters.postgres.pool import create_pool, ping
-from mw_core.adapters.postgres.prices import MetricRow, store_batch
+from mw_core.adapters.postgres.prices import MetricRow
 from mw_core.adapters.postgres.schema import apply_schema
-from mw_core.adapters.retry import DB_TRANSIENT, retry_async
 from mw_core.config import Settings
 from mw_core.markets import codec
 from mw_core.markets.analysis import Analysis, Analyzer
@@ -61,19 +55,13 @@ from mw_core.models import Anomaly, DeadLetter, Tick
 from mw_core.processor.hydration import rehydrate
 from mw_core.processor.intake import Batch, decode_partition, fetch_batch
 from mw_core.processor.outbox import Outbox
+from mw_core.processor.sinks import ProcessorStats, Sinks
 
 log = logging.getLogger(__name__)
 
 TICKS_IN = Counter("mw_processor_ticks_in_total", "Records consumed from the prices topic")
 TICKS_STORED = Counter("mw_processor_ticks_stored_total", "Valid ticks written to PostgreSQL")
-DLQ = Counter("mw_processor_dlq_total", "Records sent to the dead-letter topic", ["reason"])
 ANOMALIES = Counter("mw_processor_anomalies_total", "Anomalies detected")
-DB_WRITE = Histogram(
-    "mw_processor_batch_write_seconds",
-    "Latency of one batch write to PostgreSQL",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
-DB_FAILURES = Counter("mw_processor_db_write_failures_total", "Failed batch writes (retried)")
 #: Ticks analysed between two yields to the event loop (~10 ms of CPU): the writer of the previous
 #: batch, waiting on PostgreSQL, resumes within that time instead of after the whole batch.
 ANALYSIS_SLICE = 4096
@@ -93,22 +81,6 @@ class _Prepared:
     outbox_symbols: list[str]
     anomaly_times: dict[tuple[str, int], int]  # (symbol, ts) of a detection -> its Kafka timestamp
     offsets: dict[TopicPartition, int]
-
-
-@dataclass
-class ProcessorStats:
-    consumed: int = 0
-    stored: int = 0
-    dead_letters: int = 0
-    anomalies: int = 0
-    alerts: int = 0
-    batches: int = 0
-    duplicates: int = 0
-    late_stored: int = 0
-    db_failures: int = 0
-    last_commit_at: float | None = None
-    degraded: str | None = None
-    alert_latencies_ms: list[float] = field(default_factory=list)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -160,6 +132,7 @@ class Processor:
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self.sinks = Sinks(settings, self.stats, self._stopping)
         self._queue: asyncio.Queue[_Prepared | None] | None = None
         # Held while a batch is analysed and handed over: `prepare_batch` yields to the event loop
         # (so the writer's round trips go on meanwhile), and a revocation waits for the lock, so
@@ -167,8 +140,8 @@ class Processor:
         self._busy = asyncio.Lock()
         self.outbox = Outbox(
             settings,
-            db=self._with_db_retry,
-            send=self._send_all,
+            db=self.sinks.with_db_retry,
+            send=self.sinks.send_all,
             latencies_ms=self.stats.alert_latencies_ms if record_latencies else None,
         )
         self._max_window_s = max(settings.windows_s)
@@ -198,6 +171,7 @@ class Processor:
         await bus.ensure_topics(self.settings)
         self._producer = bus.producer(self.settings, linger_ms=0)
         await self._producer.start()
+        self.sinks.pool, self.sinks.producer = self._pool, self._producer
         self._consumer = bus.consumer(self.settings, group_id=self.settings.consumer_group)
         self._consumer.subscribe([self.settings.topic_prices], listener=_Rebalance(self))
         await self._consumer.start()
@@ -217,6 +191,7 @@ class Processor:
         if self._pool is not None:
             await self._pool.close()
         self._consumer = self._producer = self._pool = None
+        self.sinks.pool = self.sinks.producer = None
 
     def stop(self) -> None:
         """Ask the run loop to finish the current batch (write + commit) and return."""
@@ -316,7 +291,7 @@ class Processor:
         assert self._pool is not None
         orphans = await rehydrate(
             self._pool,
-            self._with_db_retry,
+            self.sinks.with_db_retry,
             self.analyzer,
             self.episodes,
             {s: ts for s, (ts, _) in cold.items()},
@@ -397,9 +372,9 @@ class Processor:
 
     async def finish_batch(self, b: _Prepared) -> None:
         """Make a prepared batch durable, publish its dead letters and alerts, then commit."""
-        await self._write(b.ticks, b.metrics, b.anomalies, b.events)
+        await self.sinks.write(b.ticks, b.metrics, b.anomalies, b.events)
         if b.dead:
-            await self._dead_letters(b.dead)
+            await self.sinks.dead_letters(b.dead)
         if b.outbox_symbols:
             assert self._pool is not None
             self.stats.alerts += await self.outbox.publish(self._pool, b.outbox_symbols, b.anomaly_times)
@@ -414,131 +389,6 @@ class Processor:
             hw = self._consumer.highwater(tp)
             if hw is not None:
                 LAG.labels(str(tp.partition)).set(max(0, hw - offset))
-
-    # --- I/O with retries ------------------------------------------------------------------------
-    async def _with_db_retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a DB call, retrying (`adapters.retry`, typed errors) while PostgreSQL is down.
-
-        Offsets are not committed meanwhile, so nothing is lost; the health endpoint says why.
-        """
-        failed = 0
-
-        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
-            nonlocal failed
-            failed = attempt
-            self.stats.db_failures += 1
-            DB_FAILURES.inc()
-            self.stats.degraded = f"database unavailable: {type(exc).__name__}"
-            log.warning(
-                "PostgreSQL write failed (%s: %s); retry %d in %.2fs, offsets NOT committed",
-                type(exc).__name__,
-                exc,
-                attempt,
-                delay,
-            )
-
-        result = await retry_async(
-            fn,
-            *args,
-            retry_on=DB_TRANSIENT,
-            give_up=lambda: self._stopping.is_set() and failed > 3,
-            on_retry=on_retry,
-            **kwargs,
-        )
-        if self.stats.degraded and failed:
-            log.info("PostgreSQL is back after %d failed attempts", failed)
-            self.stats.degraded = None
-        return result
-
-    async def _write(
-        self,
-        ticks: list[Tick],
-        metrics: list[MetricRow],
-        anomalies: list[Anomaly],
-        events: list[EpisodeEvent],
-    ) -> None:
-        """Ticks, metrics, raw detections and episode events (the outbox) in ONE transaction.
-
-        BEGIN, COPY, one statement for ticks + metrics, COMMIT (plus one per table when the batch
-        has anomalies or episode events). A batch stored before (replayed after a crash) fails the
-        plain INSERT and is written again with ON CONFLICT, in a new transaction.
-        """
-        pool = self._pool
-        assert pool is not None
-
-        async def attempt(replay: bool) -> None:
-            async with pool.acquire() as conn, conn.transaction():
-                await store_batch(conn, ticks, metrics, replay=replay)
-                await insert_anomalies(conn, anomalies)
-                await insert_events(conn, events)
-
-        async def write() -> None:
-            try:
-                await attempt(False)
-            except asyncpg.UniqueViolationError:
-                log.info(
-                    "batch of %d ticks was stored before (a replay): writing it idempotently", len(ticks)
-                )
-                await attempt(True)
-
-        started = time.perf_counter()
-        await self._with_db_retry(write)
-        DB_WRITE.observe(time.perf_counter() - started)
-
-    async def _send_all(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-        """Send records and wait for every acknowledgement, retrying with backoff while Kafka fails.
-
-        Like a failed DB write, a failed send holds the batch: offsets are not committed and
-        `/healthz` reports `degraded`; the service stays up. A retried send may repeat records
-        that were already acknowledged (at-least-once on `dlq` / `alerts` during Kafka outages).
-        """
-        producer = self._producer
-        assert producer is not None
-        failed = 0
-
-        async def send() -> None:
-            futures = [await producer.send(topic, value, key=key) for key, value in records]
-            await asyncio.gather(*futures)
-
-        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
-            nonlocal failed
-            failed = attempt
-            self.stats.degraded = f"Kafka unavailable: {type(exc).__name__}"
-            log.warning(
-                "send of %d records to %s failed (%s: %s); retry %d in %.2fs, offsets NOT committed",
-                len(records),
-                topic,
-                type(exc).__name__,
-                exc,
-                attempt,
-                delay,
-            )
-
-        await retry_async(
-            send,
-            retry_on=(KafkaError,),
-            give_up=lambda: self._stopping.is_set() and failed > 3,
-            on_retry=on_retry,
-        )
-        if failed:
-            log.info("Kafka is back after %d failed sends to %s", failed, topic)
-            self.stats.degraded = None
-
-    async def _dead_letters(self, dead: list[DeadLetter]) -> None:
-        for dl in dead:
-            DLQ.labels(dl.reason).inc()
-        await self._send_all(self.settings.topic_dlq, [(None, codec.encode_dead_letter(dl)) for dl in dead])
-        self.stats.dead_letters += len(dead)
-        reasons: dict[str, int] = {}
-        for dl in dead:
-            reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
-        log.warning(
-            "sent %d bad records to %s: %s (first: %s)",
-            len(dead),
-            self.settings.topic_dlq,
-            reasons,
-            dead[0].detail[:200],
-        )
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None

@@ -16,6 +16,7 @@ Contract:
   where the stream left. Frames written to a connection that died are lost, as on the exchange;
   the REST endpoint serves the full recorded history (of every loop started so far) so the client's
   backfill can fill that gap.
+- Wire formats (payloads, REST rows, errors) are in `mw_core.replay.wire`.
 - Fault injection lives outside shipped code: subclasses (``tests/fakes/binance.py``) override
   `on_connect`, `after_send` and `handle_rest`, and use `Session.abort` / `Session.freeze` /
   `Session.send_raw` / `BinanceServer.skip`.
@@ -30,7 +31,6 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
@@ -42,84 +42,14 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from mw_core.replay.klines import Kline, KlineFile, read_sources
+from mw_core.replay.wire import RestResponse, kline_rest_row, mini_ticker_event, parse_speed, stream_name
+
+__all__ = ["BinanceServer", "Session"]
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 500
-STREAM_SUFFIX = "@miniTicker"
-
-
-def parse_speed(value: str | float | None) -> float | None:
-    """``"max"``/None -> None (as fast as the client reads); ``"60"``/60 -> 60.0 x real time."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "max"):
-        return None
-    speed = float(value)
-    if not speed > 0:
-        raise ValueError(f"speed must be `max` or a positive multiplier, got {value!r}")
-    return speed
-
-
-def _dec(value: float) -> str:
-    return f"{value:.8f}"
-
-
-def stream_name(symbol: str) -> str:
-    """``BTCUSDT`` -> ``btcusdt@miniTicker`` (Binance's stream name)."""
-    return f"{symbol.lower()}{STREAM_SUFFIX}"
-
-
-def mini_ticker_event(k: Kline, *, shift_ms: int = 0) -> dict[str, Any]:
-    """The ``24hrMiniTicker`` payload replaying kline `k` (shifted by `shift_ms`)."""
-    return {
-        "e": "24hrMiniTicker",
-        "E": k.close_time + shift_ms,
-        "s": k.symbol,
-        "c": _dec(k.close),
-        "o": _dec(k.open),
-        "h": _dec(k.high),
-        "l": _dec(k.low),
-        "v": _dec(k.volume),
-        "q": _dec(k.quote_volume),
-    }
-
-
-def kline_rest_row(k: Kline, *, shift_ms: int = 0) -> list[Any]:
-    """One ``/api/v3/klines`` row for kline `k` (shifted by `shift_ms`)."""
-    return [
-        k.open_time + shift_ms,
-        _dec(k.open),
-        _dec(k.high),
-        _dec(k.low),
-        _dec(k.close),
-        _dec(k.volume),
-        k.close_time + shift_ms,
-        _dec(k.quote_volume),
-        k.trades,
-        _dec(k.taker_buy_base),
-        _dec(k.taker_buy_quote),
-        "0",
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class RestResponse:
-    """An HTTP answer of the REST side."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def json(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> RestResponse:
-        return cls(status, orjson.dumps(payload), dict(headers or {}))
-
-    @classmethod
-    def error(
-        cls, status: int, code: int, msg: str, headers: Mapping[str, str] | None = None
-    ) -> RestResponse:
-        """Binance's error shape: ``{"code": -1121, "msg": "Invalid symbol."}``."""
-        return cls.json(status, {"code": code, "msg": msg}, headers)
 
 
 class Session:
@@ -552,12 +482,4 @@ class BinanceServer:
             raise
 
 
-__all__ = [
-    "BinanceServer",
-    "RestResponse",
-    "Session",
-    "kline_rest_row",
-    "mini_ticker_event",
-    "parse_speed",
-    "stream_name",
-]
+__all__ = ["BinanceServer", "Session"]

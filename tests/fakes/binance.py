@@ -26,7 +26,8 @@ from typing import Any
 import orjson
 
 from mw_core.replay.klines import Kline
-from mw_core.replay.server import BinanceServer, RestResponse, Session
+from mw_core.replay.server import BinanceServer, Session
+from mw_core.replay.wire import RestResponse
 
 GARBAGE: list[str | bytes] = [
     "{not json",

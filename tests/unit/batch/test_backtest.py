@@ -25,7 +25,8 @@ from mw_core.cli.backtest import backtest
 from mw_core.config import ConfigError, Settings
 from mw_core.markets.episodes import EpisodeEvent, alert_json
 from mw_core.replay.klines import read_sources
-from mw_core.replay.server import BinanceServer, mini_ticker_event
+from mw_core.replay.server import BinanceServer
+from mw_core.replay.wire import mini_ticker_event
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.unit
