@@ -121,23 +121,26 @@ async def store_batch(
     the caller repeats it with ``replay=True`` (ON CONFLICT DO NOTHING). Small batches: one
     `unnest` statement with ON CONFLICT (no second attempt needed).
     """
-    mcols: list[Sequence[object]] = (
-        [list(c) for c in zip(*metrics, strict=True)] if metrics else [[] for _ in range(6)]
-    )
+    if not ticks:
+        await insert_metrics(conn, metrics)
+        return
+    mcols = _metric_columns(metrics)
     if len(ticks) >= COPY_MIN_TICKS:
         await conn.copy_records_to_table("prices_stage", records=ticks)
         await conn.execute(_STORE_BATCH_REPLAY if replay else _STORE_BATCH, *mcols)
-    elif ticks:
+    else:
         await conn.execute(_STORE_SMALL_BATCH, *mcols, *columns(ticks, _TICK_FIELDS))
-    elif metrics:
-        await conn.execute(_INSERT_METRICS, *mcols)
+
+
+def _metric_columns(rows: Sequence[MetricRow]) -> list[list[object]]:
+    """The six `metrics` columns of `rows` as lists (empty lists for no rows)."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(6)]
 
 
 async def insert_metrics(conn: asyncpg.Connection, rows: Sequence[MetricRow]) -> None:
     if not rows:
         return
-    cols = list(zip(*rows, strict=True))
-    await conn.execute(_INSERT_METRICS, *cols)
+    await conn.execute(_INSERT_METRICS, *_metric_columns(rows))
 
 
 async def write_batch(
