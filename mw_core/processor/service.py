@@ -19,6 +19,10 @@ Contract (at-least-once with idempotent writes):
    a crash never publishes an alert twice (effectively once; see `mw_core.processor.outbox`).
 7. Only then are the batch's offsets committed. A crash anywhere replays at most the uncommitted
    batch; `ON CONFLICT` keys absorb the replay, and rehydration rebuilds identical window state.
+   Offsets of records fetched before the latest revocation are never committed: the batch is
+   still written (idempotently), but its offsets belong to the previous assignment, and after a
+   restart of a memory-only broker even to a previous broker; committing them into the new group
+   would move its position past records nobody has read.
 
 Speed (one event loop, two stages): the loop decodes and analyses batch N+1 while the writer task
 waits on PostgreSQL for batch N. The loop takes a batch from the consumer in slices and yields
@@ -81,6 +85,7 @@ class _Prepared:
     outbox_symbols: list[str]
     anomaly_times: dict[tuple[str, int], int]  # (symbol, ts) of a detection -> its Kafka timestamp
     offsets: dict[TopicPartition, int]
+    epoch: int  # `Processor._epoch` when the records were fetched
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -89,9 +94,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Commit what was processed before the partitions move: the new owner starts from there.
+        # With the writer task: if it died, the run loop re-raises its error instead of waiting.
         async with self.proc._busy:
-            await self.proc._drain()
+            await self.proc._drain(self.proc._writer_task)
             self.proc._drop_partitions({tp.partition for tp in revoked})
+            self.proc._epoch += 1
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
@@ -138,6 +145,9 @@ class Processor:
         # (so the writer's round trips go on meanwhile), and a revocation waits for the lock, so
         # it never drops window state in the middle of a batch.
         self._busy = asyncio.Lock()
+        self._writer_task: asyncio.Task[None] | None = None
+        # Revocations so far: a batch fetched in an earlier epoch is written but not committed.
+        self._epoch = 0
         self.outbox = Outbox(
             settings,
             db=self.sinks.with_db_retry,
@@ -209,9 +219,11 @@ class Processor:
         assert self._consumer is not None
         self._queue = asyncio.Queue(maxsize=1)
         writer = asyncio.create_task(self._writer(self._queue), name="processor-writer")
+        self._writer_task = writer
         idle_since = time.monotonic()
         try:
             while not self._stopping.is_set():
+                epoch = self._epoch
                 batch = await fetch_batch(
                     self._consumer,
                     max_records=self.settings.batch_max_records,
@@ -226,7 +238,7 @@ class Processor:
                             break
                     continue
                 async with self._busy:
-                    prepared = await self.prepare_batch(batch)
+                    prepared = await self.prepare_batch(batch, epoch=epoch)
                     await self._hand_over(prepared, writer)
                 idle_since = time.monotonic()
             if not writer.done():
@@ -237,7 +249,7 @@ class Processor:
                 writer.cancel()
                 with contextlib.suppress(BaseException):
                     await writer
-            self._queue = None
+            self._queue = self._writer_task = None
             await self.close()
         return self.stats
 
@@ -304,7 +316,7 @@ class Processor:
         """Analyse one batch and make it durable (both stages, sequentially)."""
         await self.finish_batch(await self.prepare_batch(batch))
 
-    async def prepare_batch(self, batch: Batch) -> _Prepared:
+    async def prepare_batch(self, batch: Batch, *, epoch: int | None = None) -> _Prepared:
         """Decode, validate, rehydrate cold symbols, update windows, detect: no writes."""
         now_ms = int(time.time() * 1000)
         max_price = self.settings.max_price
@@ -368,6 +380,7 @@ class Processor:
             sorted({e.symbol for e in events} | set(cold)),
             anomaly_times,
             offsets,
+            self._epoch if epoch is None else epoch,
         )
 
     async def finish_batch(self, b: _Prepared) -> None:
@@ -378,14 +391,26 @@ class Processor:
         if b.outbox_symbols:
             assert self._pool is not None
             self.stats.alerts += await self.outbox.publish(self._pool, b.outbox_symbols, b.anomaly_times)
-        await self._commit(b.offsets)
+        if b.epoch == self._epoch:
+            await self._commit(b.offsets)
+        else:
+            log.info(
+                "not committing offsets %s: fetched before a rebalance (the partitions' owner re-reads "
+                "from the committed offset)",
+                {tp.partition: off for tp, off in b.offsets.items()},
+            )
         self.stats.batches += 1
         self.stats.stored += len(b.ticks)
         self.stats.anomalies += len(b.anomalies)
         TICKS_STORED.inc(len(b.ticks))
         ANOMALIES.inc(len(b.anomalies))
         assert self._consumer is not None
+        # Only partitions still assigned: `highwater` asserts it, and a batch fetched before a
+        # revocation is finished after it (an AssertionError here would kill the writer).
+        assigned = self._consumer.assignment()
         for tp, offset in b.offsets.items():
+            if tp not in assigned:
+                continue
             hw = self._consumer.highwater(tp)
             if hw is not None:
                 LAG.labels(str(tp.partition)).set(max(0, hw - offset))

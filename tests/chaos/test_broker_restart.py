@@ -64,6 +64,8 @@ SPEED = 2880.0  # one recorded day (1,440 minutes) in 30 s: 144 ticks/s
 KILL_AT = 0.35  # fraction of the stream sent when the broker is killed
 OUTAGE_S = 5.0
 PARTITIONS = 3
+# aiokafka logs these every retry while the broker is down: they would push everything else out.
+RETRY_NOISE = ("Unable connect to node", "NodeNotReadyError", "Unable to update metadata")
 
 
 def recorded_day() -> list[Kline]:
@@ -108,8 +110,10 @@ class Service:
         return None if self.proc is None else stop_group(self.proc, timeout)
 
     def tail(self, lines: int = 40) -> str:
+        """The log's last lines, without the client's once-per-retry connection errors."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        kept = [line for line in text.splitlines() if not any(noise in line for noise in RETRY_NOISE)]
+        return "\n".join(kept[-lines:])
 
 
 async def stored(conn: asyncpg.Connection) -> set[tuple[str, int]]:
@@ -249,14 +253,30 @@ async def test_broker_restart_mid_stream_loses_only_the_unconsumed_window(
 
         await asyncio.wait_for(server.wait_done(), 60)
 
+        why_not: list[str] = []  # the last reason `settled` was false, for the failure report
+
         async def settled() -> bool:
+            assert processor.alive() and ingest.alive(), "a service died instead of recovering"
             st = await ingest.health()
             if not st or st["queue_size"] or st["ticks_in"] + st["duplicates"] < server.frames_sent:
+                why_not[:] = [f"ingest not drained: {st}"]
                 return False
             missing = everything - await stored(conn)
-            return all(newest_durable[s] < t <= newest_sent_at_kill.close_time for s, t in missing)
+            outside = sorted(
+                (s, t) for s, t in missing if not newest_durable[s] < t <= newest_sent_at_kill.close_time
+            )
+            why_not[:] = [f"{len(outside)} ticks missing outside the lost window, first {outside[:3]}"]
+            return not outside
 
-        await wait_for(settled, timeout=40, interval=0.1, what="every tick sent after the kill to be stored")
+        try:
+            await wait_for(
+                settled, timeout=40, interval=0.1, what="every tick sent after the kill to be stored"
+            )
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: {why_not}; processor {await processor.health()}; "
+                f"group {await group_progress(broker2.bootstrap, 'prices', 'mw-processor')}"
+            ) from exc
         recovered_s = time.monotonic() - restarted_at
         await asyncio.sleep(1.0)  # a last batch in flight must not change the verdict
 

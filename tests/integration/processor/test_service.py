@@ -15,6 +15,7 @@ from mw_core.adapters.postgres.pool import create_pool
 from mw_core.adapters.postgres.schema import SCHEMA_VERSION, TABLES, apply_schema, table_counts
 from mw_core.config import Settings
 from mw_core.models import Tick
+from mw_core.processor.intake import Batch, fetch_batch
 from mw_core.processor.service import Processor
 from tests.chaos.support import produce_ticks
 
@@ -260,3 +261,63 @@ async def test_schema_is_idempotent_and_versioned(settings: Settings) -> None:
         assert set(counts) == set(TABLES)
     finally:
         await pool.close()
+
+
+async def test_batch_fetched_before_a_rebalance_is_stored_but_its_offsets_not_committed(
+    settings: Settings,
+) -> None:
+    """A batch in hand when the partitions are revoked is written, but its offsets are not committed.
+
+    They belong to the previous assignment (after a restart of the memory-only broker, to the
+    previous broker): committed into the new generation they would move the group past records
+    nobody read. The partitions' owner re-reads from the committed offset instead.
+    """
+    ticks = walk("HHHUSDT", 120) + walk("IIIUSDT", 120)
+    await produce(settings, ticks)
+    proc = Processor(settings)
+    await proc.start()
+    other = bus.consumer(settings, settings.topic_prices, group_id=settings.consumer_group)
+    try:
+        assert proc._consumer is not None
+        batch: Batch = {}
+        epoch = proc._epoch
+        while sum(len(r) for r in batch.values()) < len(ticks):
+            more = await fetch_batch(proc._consumer, max_records=10_000, timeout_ms=500)
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+        # A second member joins: a real rebalance revokes the processor's partitions.
+        await other.start()
+        joined = asyncio.ensure_future(other.getmany(timeout_ms=15_000))
+        deadline = asyncio.get_running_loop().time() + 30
+        while proc._epoch == epoch or not other.assignment():
+            assert asyncio.get_running_loop().time() < deadline, "no rebalance within 30 s"
+            await proc._consumer.getmany(timeout_ms=100)  # the member's part of the rebalance
+        # Finished while part of its partitions belong to the other member: no error (the lag
+        # gauge skips partitions no longer assigned), no commit.
+        stale = await proc.prepare_batch(batch, epoch=epoch)
+        await proc.finish_batch(stale)
+        # ... and leaves again: every partition comes back to the processor in a new generation,
+        # where the broker WOULD accept the stale offsets.
+        joined.cancel()
+        await other.stop()
+        everything = {TopicPartition(settings.topic_prices, p) for p in range(settings.prices_partitions)}
+        while proc._consumer.assignment() != everything:
+            assert asyncio.get_running_loop().time() < deadline, "partitions not back within 30 s"
+            await proc._consumer.getmany(timeout_ms=100)
+        await proc.finish_batch(stale)  # again (a replay, written idempotently)
+
+        rows = await fetch(settings, "SELECT count(*) AS n FROM prices")
+        assert rows[0]["n"] == len(ticks)  # written (idempotently) all the same
+        reader = bus.consumer(settings, group_id=settings.consumer_group)  # never joins the group
+        await reader.start()
+        try:
+            committed = [
+                await reader.committed(TopicPartition(settings.topic_prices, p))
+                for p in range(settings.prices_partitions)
+            ]
+        finally:
+            await reader.stop()
+        assert committed == [None] * settings.prices_partitions
+    finally:
+        await other.stop()
+        await proc.close()
