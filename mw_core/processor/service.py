@@ -22,7 +22,9 @@ Contract (at-least-once with idempotent writes):
    Offsets of records fetched before the latest revocation are never committed: the batch is
    still written (idempotently), but its offsets belong to the previous assignment, and after a
    restart of a memory-only broker even to a previous broker; committing them into the new group
-   would move its position past records nobody has read.
+   would move its position past records nobody has read. On assignment, a committed offset of this
+   member's own that points into another log (`mw_core.processor.offsets`) makes it read the
+   partition from the beginning.
 
 Speed (one event loop, two stages): the loop decodes and analyses batch N+1 while the writer task
 waits on PostgreSQL for batch N. The loop takes a batch from the consumer in slices and yields
@@ -58,6 +60,7 @@ from mw_core.markets.window_math import metric_rows
 from mw_core.models import Anomaly, DeadLetter, Tick
 from mw_core.processor.hydration import rehydrate
 from mw_core.processor.intake import Batch, decode_partition, fetch_batch
+from mw_core.processor.offsets import CommitMarks
 from mw_core.processor.outbox import Outbox
 from mw_core.processor.sinks import ProcessorStats, Sinks
 
@@ -85,6 +88,7 @@ class _Prepared:
     outbox_symbols: list[str]
     anomaly_times: dict[tuple[str, int], int]  # (symbol, ts) of a detection -> its Kafka timestamp
     offsets: dict[TopicPartition, int]
+    stamps: dict[TopicPartition, int]  # Kafka timestamp of each partition's last record
     epoch: int  # `Processor._epoch` when the records were fetched
 
 
@@ -99,9 +103,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.proc._drain(self.proc._writer_task)
             self.proc._drop_partitions({tp.partition for tp in revoked})
             self.proc._epoch += 1
+            for tp in revoked:
+                self.proc._rewound_to.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        await self.proc._check_positions(assigned)
 
 
 def tune_gc() -> None:
@@ -148,6 +155,10 @@ class Processor:
         self._writer_task: asyncio.Task[None] | None = None
         # Revocations so far: a batch fetched in an earlier epoch is written but not committed.
         self._epoch = 0
+        self._marks = CommitMarks()
+        # Partitions read again from the beginning (`_check_positions`) -> the offset they restart
+        # at, until the first batch from there arrives.
+        self._rewound_to: dict[TopicPartition, int] = {}
         self.outbox = Outbox(
             settings,
             db=self.sinks.with_db_retry,
@@ -238,6 +249,8 @@ class Processor:
                             break
                     continue
                 async with self._busy:
+                    if self._rewound_to and not self._skip_until_rewound(batch):
+                        continue
                     prepared = await self.prepare_batch(batch, epoch=epoch)
                     await self._hand_over(prepared, writer)
                 idle_since = time.monotonic()
@@ -371,6 +384,7 @@ class Processor:
             metrics.extend(metric_rows(symbol, ts, stats))
 
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        stamps = {tp: records[-1].timestamp for tp, records in batch.items() if records}
         return _Prepared(
             res.stored,
             metrics,
@@ -380,6 +394,7 @@ class Processor:
             sorted({e.symbol for e in events} | set(cold)),
             anomaly_times,
             offsets,
+            stamps,
             self._epoch if epoch is None else epoch,
         )
 
@@ -392,6 +407,7 @@ class Processor:
             assert self._pool is not None
             self.stats.alerts += await self.outbox.publish(self._pool, b.outbox_symbols, b.anomaly_times)
         if b.epoch == self._epoch:
+            self._marks.note(b.offsets, b.stamps)
             await self._commit(b.offsets)
         else:
             log.info(
@@ -414,6 +430,46 @@ class Processor:
             hw = self._consumer.highwater(tp)
             if hw is not None:
                 LAG.labels(str(tp.partition)).set(max(0, hw - offset))
+
+    async def _check_positions(self, assigned: Sequence[TopicPartition]) -> None:
+        """Read from the beginning the partitions whose committed offset points into another log.
+
+        See `mw_core.processor.offsets`: a commit retried while the member was reset can land in
+        a restarted memory-only broker.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return
+        committed = {tp: await consumer.committed(tp) for tp in assigned if tp in self._marks}
+        if not committed:
+            return
+        # The fetcher already reads from the committed offsets meanwhile: no batch is analysed
+        # until the check is done, and what was fetched from a rewound partition is dropped.
+        async with self._busy:
+            for tp in sorted(await self._marks.stale(self.settings, committed)):
+                log.warning(
+                    "the log of %s-%d no longer holds the record before its committed offset %s (the "
+                    "broker lost its state: a restarted memory-only broker?): reading it from the "
+                    "beginning",
+                    tp.topic,
+                    tp.partition,
+                    committed[tp],
+                )
+                await consumer.seek_to_beginning(tp)
+                self._rewound_to[tp] = await consumer.position(tp)
+
+    def _skip_until_rewound(self, batch: Batch) -> bool:
+        """Drop records of rewound partitions fetched before the rewind; False if none are left."""
+        for tp in [tp for tp in batch if tp in self._rewound_to]:
+            start = self._rewound_to[tp]
+            records = batch[tp]
+            first = next((i for i, r in enumerate(records) if r.offset == start), None)
+            if first is None:
+                del batch[tp]  # all fetched from the old position
+            else:
+                batch[tp] = records[first:]
+                del self._rewound_to[tp]
+        return bool(batch)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None
