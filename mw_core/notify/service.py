@@ -10,7 +10,10 @@ Contract (delivery state lives in PostgreSQL, `notification_deliveries`):
 3. For each (event, channel) a ``queued`` row holding the record is written; only THEN is the
    batch's offset committed. So a crash never drops an event: it is either re-read from Kafka
    or found queued in the table at start-up (`pending`), and the partial unique index makes the
-   re-read queue nothing twice.
+   re-read queue nothing twice. A commit that fails (the group rebalanced) is logged and the
+   batch is re-read by the partitions' owner. A committed offset of this member's own that
+   points into another log (a restarted memory-only broker, `mw_core.adapters.commits`) makes it
+   read that partition from the beginning.
 4. Each channel's `ChannelWorker` delivers its queue in order (rate limit, retries, circuit
    breaker, DLQ: see `mw_core.notify.worker`). A (event, channel) pair is final when it has a
    ``delivered`` or ``dead`` row; a delivered pair is never sent again by a restart. The window
@@ -26,15 +29,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 
 from mw_core.adapters import bus
+from mw_core.adapters.commits import CommitGuard, batch_stamps
 from mw_core.adapters.postgres import notifications as store
 from mw_core.adapters.postgres.pool import create_pool
 from mw_core.adapters.postgres.schema import apply_schema
@@ -65,6 +69,20 @@ def _observe(channel: str, status: str, latency_ms: float | None) -> None:
     ATTEMPTS.labels(channel, status).inc()
     if latency_ms is not None:
         LATENCY.labels(channel).observe(latency_ms / 1000.0)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, svc: NotifyService) -> None:
+        self.svc = svc
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.svc._guard.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        svc = self.svc
+        if svc._consumer is not None and svc._guard.knows(assigned):
+            async with svc._busy:  # no batch is handled while positions may still move
+                await svc._guard.check(svc._consumer, assigned)
 
 
 class NotifyService:
@@ -106,6 +124,8 @@ class NotifyService:
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._guard = CommitGuard(settings)
+        self._busy = asyncio.Lock()  # held while a batch is handled and committed
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -125,11 +145,9 @@ class NotifyService:
         for worker in self.workers.values():
             worker.start()
         self._consumer = bus.consumer(
-            self.settings,
-            self.settings.topic_alerts,
-            group_id=self.settings.notify_group,
-            max_poll_records=500,
+            self.settings, group_id=self.settings.notify_group, max_poll_records=500
         )
+        self._consumer.subscribe([self.settings.topic_alerts], listener=_Rebalance(self))
         await self._consumer.start()
         log.info(
             "notifier started: group=%s topic=%s channels=%s reloaded=%d",
@@ -172,10 +190,11 @@ class NotifyService:
                     timeout_ms=self.settings.batch_timeout_ms, max_records=500
                 )
                 self._update_gauges()
-                records = [r for part in batch.values() for r in part]
-                if records:
-                    await self._handle(records)
-                    await self._consumer.commit()
+                if batch:
+                    async with self._busy:
+                        if not self._guard.rewound_to or self._guard.skip_until_rewound(batch):
+                            await self._handle([r for part in batch.values() for r in part])
+                            await self._commit(batch)
                     idle_since = time.monotonic()
                 elif (
                     idle_exit_s is not None
@@ -185,6 +204,20 @@ class NotifyService:
                     break
         finally:
             await self.close()
+
+    async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Commit a handled batch; a failure (the group rebalanced) leaves it to the new owner."""
+        assert self._consumer is not None
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        self._guard.note(offsets, batch_stamps(batch))
+        try:
+            await self._consumer.commit(offsets)
+        except Exception as exc:
+            log.warning(
+                "offset commit failed (%s: %s); the batch will be re-read (its deliveries are queued once)",
+                type(exc).__name__,
+                exc,
+            )
 
     async def drain(self, *, timeout_s: float) -> None:
         """Wait until every channel's queue is empty (tests, `mw replay --json`)."""

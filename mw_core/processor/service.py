@@ -23,7 +23,7 @@ Contract (at-least-once with idempotent writes):
    still written (idempotently), but its offsets belong to the previous assignment, and after a
    restart of a memory-only broker even to a previous broker; committing them into the new group
    would move its position past records nobody has read. On assignment, a committed offset of this
-   member's own that points into another log (`mw_core.processor.offsets`) makes it read the
+   member's own that points into another log (`mw_core.adapters.commits`) makes it read the
    partition from the beginning.
 
 Speed (one event loop, two stages): the loop decodes and analyses batch N+1 while the writer task
@@ -49,6 +49,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
 
 from mw_core.adapters import bus
+from mw_core.adapters.commits import CommitGuard, batch_stamps
 from mw_core.adapters.postgres.pool import create_pool, ping
 from mw_core.adapters.postgres.prices import MetricRow
 from mw_core.adapters.postgres.schema import apply_schema
@@ -60,7 +61,6 @@ from mw_core.markets.window_math import metric_rows
 from mw_core.models import Anomaly, DeadLetter, Tick
 from mw_core.processor.hydration import rehydrate
 from mw_core.processor.intake import Batch, decode_partition, fetch_batch
-from mw_core.processor.offsets import CommitMarks
 from mw_core.processor.outbox import Outbox
 from mw_core.processor.sinks import ProcessorStats, Sinks
 
@@ -103,8 +103,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.proc._drain(self.proc._writer_task)
             self.proc._drop_partitions({tp.partition for tp in revoked})
             self.proc._epoch += 1
-            for tp in revoked:
-                self.proc._rewound_to.pop(tp, None)
+            self.proc._guard.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
@@ -155,10 +154,8 @@ class Processor:
         self._writer_task: asyncio.Task[None] | None = None
         # Revocations so far: a batch fetched in an earlier epoch is written but not committed.
         self._epoch = 0
-        self._marks = CommitMarks()
-        # Partitions read again from the beginning (`_check_positions`) -> the offset they restart
-        # at, until the first batch from there arrives.
-        self._rewound_to: dict[TopicPartition, int] = {}
+        # Commits that outlive the broker (`mw_core.adapters.commits`).
+        self._guard = CommitGuard(settings)
         self.outbox = Outbox(
             settings,
             db=self.sinks.with_db_retry,
@@ -249,7 +246,7 @@ class Processor:
                             break
                     continue
                 async with self._busy:
-                    if self._rewound_to and not self._skip_until_rewound(batch):
+                    if self._guard.rewound_to and not self._guard.skip_until_rewound(batch):
                         continue
                     prepared = await self.prepare_batch(batch, epoch=epoch)
                     await self._hand_over(prepared, writer)
@@ -384,7 +381,7 @@ class Processor:
             metrics.extend(metric_rows(symbol, ts, stats))
 
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
-        stamps = {tp: records[-1].timestamp for tp, records in batch.items() if records}
+        stamps = batch_stamps(batch)
         return _Prepared(
             res.stored,
             metrics,
@@ -407,7 +404,7 @@ class Processor:
             assert self._pool is not None
             self.stats.alerts += await self.outbox.publish(self._pool, b.outbox_symbols, b.anomaly_times)
         if b.epoch == self._epoch:
-            self._marks.note(b.offsets, b.stamps)
+            self._guard.note(b.offsets, b.stamps)
             await self._commit(b.offsets)
         else:
             log.info(
@@ -434,42 +431,14 @@ class Processor:
     async def _check_positions(self, assigned: Sequence[TopicPartition]) -> None:
         """Read from the beginning the partitions whose committed offset points into another log.
 
-        See `mw_core.processor.offsets`: a commit retried while the member was reset can land in
-        a restarted memory-only broker.
+        See `mw_core.adapters.commits`: a commit retried while the member was reset can land in a
+        restarted memory-only broker. The fetcher already reads from the committed offsets
+        meanwhile: no batch is analysed until the check is done (`_busy`), and what was fetched
+        from a rewound partition is dropped.
         """
-        consumer = self._consumer
-        if consumer is None:
-            return
-        committed = {tp: await consumer.committed(tp) for tp in assigned if tp in self._marks}
-        if not committed:
-            return
-        # The fetcher already reads from the committed offsets meanwhile: no batch is analysed
-        # until the check is done, and what was fetched from a rewound partition is dropped.
-        async with self._busy:
-            for tp in sorted(await self._marks.stale(self.settings, committed)):
-                log.warning(
-                    "the log of %s-%d no longer holds the record before its committed offset %s (the "
-                    "broker lost its state: a restarted memory-only broker?): reading it from the "
-                    "beginning",
-                    tp.topic,
-                    tp.partition,
-                    committed[tp],
-                )
-                await consumer.seek_to_beginning(tp)
-                self._rewound_to[tp] = await consumer.position(tp)
-
-    def _skip_until_rewound(self, batch: Batch) -> bool:
-        """Drop records of rewound partitions fetched before the rewind; False if none are left."""
-        for tp in [tp for tp in batch if tp in self._rewound_to]:
-            start = self._rewound_to[tp]
-            records = batch[tp]
-            first = next((i for i, r in enumerate(records) if r.offset == start), None)
-            if first is None:
-                del batch[tp]  # all fetched from the old position
-            else:
-                batch[tp] = records[first:]
-                del self._rewound_to[tp]
-        return bool(batch)
+        if self._consumer is not None and self._guard.knows(assigned):
+            async with self._busy:
+                await self._guard.check(self._consumer, assigned)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None

@@ -11,40 +11,19 @@ the group would resume at N in a log where offsets 0..N-1 are records nobody has
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
 
 from mw_core.adapters import bus
+from mw_core.adapters.commits import CommitMarks
 from mw_core.config import Settings
-from mw_core.local.broker import EmbeddedBroker
-from mw_core.local.ports import free_port
-from mw_core.processor.offsets import CommitMarks
 from mw_core.processor.service import Processor
 from tests.chaos.support import produce_ticks, wait_for
+from tests.integration.conftest import kill_broker
 from tests.integration.processor.test_service import fetch, walk
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A broker of this test's own (it is killed), and the port a second one will take."""
-    port = free_port()
-    brokers: list[EmbeddedBroker] = []
-
-    def start(name: str) -> EmbeddedBroker:
-        broker = EmbeddedBroker(tmp_path / name, port=port)
-        broker.start()
-        brokers.append(broker)
-        return broker
-
-    yield start
-    for broker in brokers:
-        broker.stop()
 
 
 async def test_commit_marks_tell_our_log_from_another(make_settings, own_broker) -> None:  # type: ignore[no-untyped-def]
@@ -70,8 +49,7 @@ async def test_commit_marks_tell_our_log_from_another(make_settings, own_broker)
     assert await marks.stale(settings, {tp: 15}) == set()  # not our offset: trusted
     assert await marks.stale(settings, {tp: None}) == set()
 
-    os.killpg(first.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
-    first.proc.wait()  # type: ignore[union-attr]
+    kill_broker(first)
     own_broker("broker-2")
     await produce_ticks(settings, walk("AAAUSDT", 15, t0=2_000_000_000_000))
     assert await marks.stale(settings, {tp: 10}) == {tp}  # other records at offset 9
@@ -120,8 +98,7 @@ async def test_commit_retried_into_a_restarted_broker_does_not_skip_its_records(
             return rows[0]["n"] == n
 
         await wait_for(lambda: in_db(210), timeout=30, what="the last batch durable, its commit held")
-        os.killpg(first.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
-        first.proc.wait()  # type: ignore[union-attr]
+        kill_broker(first)
         own_broker("broker-2")  # empty: no topics, no groups
         await asyncio.sleep(2.0)  # the member is reset; the commit retries: `prices` is unknown
         after = walk("AAAUSDT", 300, t0=before[-1].ts + 60_000)

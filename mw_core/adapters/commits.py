@@ -1,4 +1,4 @@
-"""Committed offsets the processor can vouch for: is the broker's log still the one it read?
+"""Committed offsets a consumer can vouch for: is the broker's log still the one it read?
 
 Why: aiokafka retries a commit that failed with a retriable error (coordinator gone, topic
 unknown) inside `commit()`, each time with the member's *current* generation. When the
@@ -9,6 +9,11 @@ there and skip every record the new broker holds below them. (On a real Kafka cl
 commit is harmless: it names a position in the same log.)
 
 Contract:
+- `CommitGuard` is what a consuming service (processor, notifier) uses: `note` before each
+  commit, `await check(consumer, assigned)` in its `on_partitions_assigned` (rewinds stale
+  partitions to the beginning and logs a warning), `skip_until_rewound(batch)` on every batch
+  fetched while a rewind is pending (drops records fetched from the old position; False when
+  nothing is left), `forget(revoked)` in its `on_partitions_revoked`.
 - `CommitMarks.note(offsets, stamps)` remembers, per partition, the Kafka timestamp of the record
   before each offset this member asked to commit (the last `KEEP` per partition).
 - `CommitMarks.stale(settings, committed)` takes the group's committed offsets of newly
@@ -24,15 +29,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
 from mw_core.adapters import bus
 from mw_core.config import Settings
 
-__all__ = ["CHECK_TIMEOUT_S", "KEEP", "CommitMarks"]
+__all__ = ["CHECK_TIMEOUT_S", "KEEP", "CommitGuard", "CommitMarks", "batch_stamps"]
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +121,61 @@ async def _read_back(settings: Settings, ours: dict[TopicPartition, tuple[int, i
     finally:
         await reader.stop()
     return stale
+
+
+def batch_stamps(
+    batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]],
+) -> dict[TopicPartition, int]:
+    """Kafka timestamp of each partition's last record in a fetched batch."""
+    return {tp: records[-1].timestamp for tp, records in batch.items() if records}
+
+
+class CommitGuard:
+    """`CommitMarks` plus the rewinds they call for (see the module contract)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.marks = CommitMarks()
+        # Partition -> the offset it was rewound to, until the first batch from there arrives.
+        self.rewound_to: dict[TopicPartition, int] = {}
+
+    def note(self, offsets: dict[TopicPartition, int], stamps: dict[TopicPartition, int]) -> None:
+        self.marks.note(offsets, stamps)
+
+    def knows(self, assigned: Iterable[TopicPartition]) -> bool:
+        return any(tp in self.marks for tp in assigned)
+
+    async def check(
+        self, consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]
+    ) -> list[TopicPartition]:
+        """Rewind the assigned partitions whose committed offset points into another log."""
+        committed = {tp: await consumer.committed(tp) for tp in assigned if tp in self.marks}
+        stale = sorted(await self.marks.stale(self.settings, committed))
+        for tp in stale:
+            log.warning(
+                "the log of %s-%d no longer holds the record before its committed offset %s (the "
+                "broker lost its state: a restarted memory-only broker?): reading it from the beginning",
+                tp.topic,
+                tp.partition,
+                committed[tp],
+            )
+            await consumer.seek_to_beginning(tp)
+            self.rewound_to[tp] = await consumer.position(tp)
+        return stale
+
+    def skip_until_rewound(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> bool:
+        """Drop records of rewound partitions fetched before the rewind; False if none are left."""
+        for tp in [tp for tp in batch if tp in self.rewound_to]:
+            start = self.rewound_to[tp]
+            records = batch[tp]
+            first = next((i for i, r in enumerate(records) if r.offset == start), None)
+            if first is None:
+                del batch[tp]  # all fetched from the old position
+            else:
+                batch[tp] = records[first:]
+                del self.rewound_to[tp]
+        return bool(batch)
+
+    def forget(self, revoked: Iterable[TopicPartition]) -> None:
+        for tp in revoked:
+            self.rewound_to.pop(tp, None)
