@@ -51,12 +51,19 @@ def check(url: str, state: Path, pid: int, restart_after: int = 3) -> subprocess
     )  # fmt: skip
 
 
+# A stand-in service that SIGTERM stops. The default action is set explicitly: an ignored signal is
+# inherited across exec, and the test process may ignore SIGTERM (started in the background by a
+# non-interactive shell, SIGINT is ignored, and Dagster's in-process runs map SIGTERM to SIGINT's
+# handler).
+SERVICE = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_DFL); time.sleep(120)"
+
+
 def test_stops_the_service_after_n_failures_in_a_row(
     health_url: tuple[str, type[Health]], tmp_path: Path
 ) -> None:
     url, health = health_url
     state = tmp_path / "failures"
-    service = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    service = subprocess.Popen([sys.executable, "-c", SERVICE])
     try:
         assert check(url, state, service.pid).returncode == 0
         health.status = 503
