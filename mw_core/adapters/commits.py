@@ -10,7 +10,7 @@ commit is harmless: it names a position in the same log.)
 
 Contract:
 - `CommitGuard` is what a consuming service (processor, notifier) uses: `note` before each
-  commit, `await check(consumer, assigned)` in its `on_partitions_assigned` (rewinds stale
+  commit, `commit` (a failure is one warning and False), `await check(consumer, assigned)` in its `on_partitions_assigned` (rewinds stale
   partitions to the beginning and logs a warning), `skip_until_rewound(batch)` on every batch
   fetched while a rewind is pending (drops records fetched from the old position; False when
   nothing is left), `forget(revoked)` in its `on_partitions_revoked`.
@@ -141,6 +141,23 @@ class CommitGuard:
 
     def note(self, offsets: dict[TopicPartition, int], stamps: dict[TopicPartition, int]) -> None:
         self.marks.note(offsets, stamps)
+
+    async def commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit; False (and one warning) when it failed, e.g. the group rebalanced meanwhile.
+
+        Nothing is lost then: the partitions' owner re-reads from the last commit, and the
+        services' writes absorb the repeat.
+        """
+        try:
+            await consumer.commit(offsets)
+        except Exception as exc:
+            log.warning(
+                "offset commit failed (%s: %s); the batch will be re-read by the partitions' owner",
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        return True
 
     def knows(self, assigned: Iterable[TopicPartition]) -> bool:
         return any(tp in self.marks for tp in assigned)

@@ -210,14 +210,7 @@ class NotifyService:
         assert self._consumer is not None
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
         self._guard.note(offsets, batch_stamps(batch))
-        try:
-            await self._consumer.commit(offsets)
-        except Exception as exc:
-            log.warning(
-                "offset commit failed (%s: %s); the batch will be re-read (its deliveries are queued once)",
-                type(exc).__name__,
-                exc,
-            )
+        await self._guard.commit(self._consumer, offsets)  # a re-read batch queues nothing twice
 
     async def drain(self, *, timeout_s: float) -> None:
         """Wait until every channel's queue is empty (tests, `mw replay --json`)."""

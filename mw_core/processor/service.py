@@ -442,15 +442,5 @@ class Processor:
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None
-        try:
-            await self._consumer.commit(offsets)
-        except Exception as exc:
-            # A rebalance took the partitions away: the new owner re-reads from the last commit and
-            # the idempotent writes absorb it.
-            log.warning(
-                "offset commit failed (%s: %s); batch will be re-read by the partition owner",
-                type(exc).__name__,
-                exc,
-            )
-            return
-        self.stats.last_commit_at = time.time()
+        if await self._guard.commit(self._consumer, offsets):
+            self.stats.last_commit_at = time.time()
